@@ -1,0 +1,47 @@
+"""Turn what the user names (a zoo model or a local diffusers pipeline folder) into a pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffes.errors import ConfigError, MissingWeightsError
+from diffes.models.pipeline import ZooPipeline
+from diffes.models.zoo import ZOO, get_entry, load_model, sampling_scheduler
+
+__all__ = ["load_pipeline", "is_zoo_model", "pick_device"]
+
+
+def is_zoo_model(name: str) -> bool:
+    return name in ZOO
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device", device, "no CUDA device is visible here; use --device cpu")
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(model: str, device: str | torch.device | None = None) -> Any:
+    """A zoo name gives a ``ZooPipeline``; a folder with ``model_index.json`` gives its diffusers pipeline."""
+    dev = pick_device(str(device) if device is not None else None)
+    if is_zoo_model(model):
+        entry = get_entry(model)
+        if entry.kind == "classifier":
+            raise ConfigError("model", model, "that is the judge classifier; pick a generator such as dit-digits")
+        pipe = ZooPipeline(sampling_scheduler(), **{entry.kind: load_model(model)})
+        return pipe.to(dev)
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise MissingWeightsError(f"model={model!r}: {path / 'model_index.json'} is missing; not a pipeline folder")
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(path, local_files_only=True).to(dev)
+    get_entry(model)  # raises the unknown-name error that lists the zoo
+    raise AssertionError("unreachable")

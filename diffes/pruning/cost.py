@@ -1,0 +1,51 @@
+"""Exact cost of a (pruned) denoiser: MACs per call, parameters, and measured latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+__all__ = ["count_macs", "count_params", "measure_latency"]
+
+
+def _cpu_sdpa_flops(
+    query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *a: object, **k: object
+) -> int:
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one.
+_EXTRA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, call: Callable[[nn.Module], object]) -> int:
+    """Multiply-accumulates of one call, counted by torch's FLOP counter (matmuls, convs, attention)."""
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
+        call(model)
+    return int(counter.get_total_flops()) // 2
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def measure_latency(call: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of ``call()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronized)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        call()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

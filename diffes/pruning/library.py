@@ -1,0 +1,307 @@
+"""PruningLibrary: for every (stage, level) a PrunePlan and its cost, built once per model."""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from diffes.errors import CheckpointError, ConfigError
+from diffes.io import read_json, read_tensors, write_json, write_tensors
+from diffes.models.adapters import find_denoiser
+from diffes.pruning.calibration import CalibrationSet, collect_grams, record_calls, single_sample
+from diffes.pruning.compensation import compensate
+from diffes.pruning.cost import count_macs, count_params, measure_latency
+from diffes.pruning.graph import PrunableStructure, trace_structure
+from diffes.pruning.importance import IMPORTANCE, block_scores, unit_scores
+from diffes.pruning.levels import DEFAULT_LEVELS, LevelGrid
+from diffes.pruning.plan import ModelShapes, PrunePlan, make_plan, prune_copy
+from diffes.stages import StageSchedule
+
+__all__ = ["PruningConfig", "LevelCost", "PruningLibrary", "build_library", "zoo_runner"]
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    importance: str = "taylor"
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    axis: str = "width"  # "width" (heads, MLP units, channels) or "depth" (whole transformer blocks)
+    nested: bool = False  # one unit order per layer for all stages: plans become prefixes (zero-copy routing)
+    compensate: bool = True
+    damp: float = 0.01
+    stages: int = 10
+    steps: int = 20
+    probes: int = 32
+    guidance_scale: float = 2.0
+    seed: int = 0
+    cache_mb: float = 256.0
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCE:
+            raise ConfigError("importance", self.importance, f"choose one of {', '.join(IMPORTANCE)}")
+        if self.axis not in ("width", "depth"):
+            raise ConfigError("axis", self.axis, "choose width or depth")
+        LevelGrid(tuple(self.levels))
+        StageSchedule.uniform(self.steps, self.stages)
+        if self.probes < 1:
+            raise ConfigError("probes", self.probes, "use at least 1 calibration probe")
+        if self.damp <= 0:
+            raise ConfigError("damp", self.damp, "use a positive damping such as 0.01")
+
+    @property
+    def grid(self) -> LevelGrid:
+        return LevelGrid(tuple(self.levels))
+
+
+@dataclass
+class LevelCost:
+    fraction: float
+    macs: int
+    params: int
+    latency: float | None = None
+
+
+def zoo_runner(config: PruningConfig) -> Callable[[Any, int], Any]:
+    """Calibration run for a zoo pipeline: classes in turn, seeded noise, the pipeline's guidance."""
+
+    def run(pipe: Any, steps: int) -> Any:
+        labels = [i % pipe.num_classes for i in range(config.probes)]
+        generator = torch.Generator().manual_seed(config.seed)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(labels, num_inference_steps=steps, guidance_scale=config.guidance_scale, generator=generator)
+
+    return run
+
+
+@dataclass
+class PruningLibrary:
+    config: PruningConfig
+    structure: PrunableStructure
+    schedule: StageSchedule
+    shapes: ModelShapes
+    scores: list[dict[str, torch.Tensor]]  # per stage, per group: importance of each unit
+    depth_scores: list[torch.Tensor]  # per stage: importance of each droppable block
+    grams: list[dict[str, torch.Tensor]]  # per stage, per consumer (empty without compensation)
+    consumers: dict[str, torch.Tensor]  # dense consumer weights and biases, for compensation
+    costs: list[LevelCost] = field(default_factory=list)
+    _cache: OrderedDict[tuple[int, int], PrunePlan] = field(default_factory=OrderedDict, repr=False)
+
+    @property
+    def num_stages(self) -> int:
+        return self.schedule.num_stages
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.config.levels)
+
+    @property
+    def dense_macs(self) -> int:
+        return self.costs[0].macs
+
+    def unit_order(self, stage: int, group: str) -> torch.Tensor:
+        """Units of ``group`` from most to least important, for ``stage`` (or for all stages if nested)."""
+        if self.config.nested:
+            score = sum(s[group] / s[group].sum().clamp_min(1e-30) for s in self.scores)
+        else:
+            score = self.scores[stage][group]
+        return torch.argsort(torch.as_tensor(score), descending=True, stable=True)
+
+    def kept_units(self, stage: int, level: int) -> dict[str, list[int]]:
+        if self.config.axis == "depth":
+            return {}
+        grid, kept = self.config.grid, {}
+        for g in self.structure.groups:
+            n_keep = g.num_units - grid.pruned_units(level, g.num_units)
+            kept[g.name] = sorted(self.unit_order(stage, g.name)[:n_keep].tolist())
+        return kept
+
+    def skipped_blocks(self, stage: int, level: int) -> list[str]:
+        blocks = self.structure.blocks
+        if self.config.axis != "depth" or not blocks:
+            return []
+        n_drop = min(len(blocks), self.config.grid.pruned_units(level, len(blocks) + 1))
+        if self.config.nested:
+            score = sum(s / s.sum().clamp_min(1e-30) for s in self.depth_scores)
+        else:
+            score = self.depth_scores[stage]
+        order = torch.argsort(torch.as_tensor(score), stable=True)  # least change first
+        return sorted(blocks[i] for i in order[:n_drop].tolist())
+
+    def plan(self, stage: int, level: int) -> PrunePlan:
+        """The plan for (stage, level), computed on first use and kept in a memory-bounded cache."""
+        if not (0 <= stage < self.num_stages and 0 <= level < self.num_levels):
+            raise ConfigError("plan", (stage, level), f"stage < {self.num_stages} and level < {self.num_levels}")
+        key = (stage, level)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        plan = make_plan(
+            self.shapes, self.structure, stage, level, self.kept_units(stage, level), self.skipped_blocks(stage, level)
+        )
+        if self.config.compensate and self.grams:
+            self._compensate(plan)
+        self._cache[key] = plan
+        budget = self.config.cache_mb * 2**20
+        while len(self._cache) > 1 and sum(p.nbytes() for p in self._cache.values()) > budget:
+            self._cache.popitem(last=False)
+        return plan
+
+    def shape_plan(self, level: int) -> PrunePlan:
+        """Stage 0's plan without compensation: enough to know a level's shapes and cost."""
+        return make_plan(
+            self.shapes, self.structure, 0, level, self.kept_units(0, level), self.skipped_blocks(0, level)
+        )
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _compensate(self, plan: PrunePlan) -> None:
+        for g in self.structure.groups:
+            units = plan.kept_units.get(g.name)
+            if units is None:
+                continue
+            weight = self.consumers[f"{g.consumer}.weight"]
+            bias = self.consumers.get(f"{g.consumer}.bias")
+            kept = torch.tensor(g.kept_roots(units), dtype=torch.long)
+            new_w, new_b = compensate(weight, bias, self.grams[plan.stage][g.consumer], kept, self.config.damp)
+            plan.replacements[f"{g.consumer}.weight"] = new_w
+            if new_b is not None:
+                plan.replacements[f"{g.consumer}.bias"] = new_b
+
+    def stage_cost(self, levels: list[int] | tuple[int, ...], measure: str = "macs") -> float:
+        """Mean cost per step of a schedule (one level per stage), relative to dense."""
+        lengths = self.schedule.stage_lengths()
+        per_level = [self._relative(lv, measure) for lv in range(self.num_levels)]
+        return sum(n * per_level[lv] for n, lv in zip(lengths, levels)) / self.schedule.num_steps
+
+    def _relative(self, level: int, measure: str) -> float:
+        if measure == "macs":
+            return self.costs[level].macs / self.costs[0].macs
+        if measure == "latency":
+            lat = [c.latency for c in self.costs]
+            if any(x is None for x in lat):
+                raise ConfigError("cost", measure, "measure latency first (diffes prune --latency)")
+            return float(lat[level]) / float(lat[0])  # type: ignore[arg-type]
+        raise ConfigError("cost", measure, "use macs or latency")
+
+    # ---- persistence: JSON + safetensors, never pickle ----
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        folder = Path(folder)
+        meta = {
+            "schema": SCHEMA,
+            "config": asdict(self.config),
+            "schedule": self.schedule.to_dict(),
+            "structure": self.structure.to_dict(),
+            "shapes": self.shapes.to_dict(),
+            "costs": [asdict(c) for c in self.costs],
+        }
+        tensors = {f"scores/{s}/{g}": t for s, d in enumerate(self.scores) for g, t in d.items()}
+        tensors.update({f"depth/{s}": t for s, t in enumerate(self.depth_scores)})
+        tensors.update({f"consumers/{k}": t for k, t in self.consumers.items()})
+        write_tensors(folder / "scores.safetensors", tensors)
+        grams = {f"{s}/{c}": t.float() for s, d in enumerate(self.grams) for c, t in d.items()}
+        if grams:
+            write_tensors(folder / "grams.safetensors", grams)
+        write_json(folder / "library.json", meta)  # written last: its presence marks a complete library
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> PruningLibrary:
+        folder = Path(folder)
+        if not (folder / "library.json").is_file():
+            raise CheckpointError(f"library={str(folder)!r}: no library.json; build one with `diffes prune`")
+        meta = read_json(folder / "library.json")
+        if meta.get("schema") != SCHEMA:
+            raise CheckpointError(f"library={str(folder)!r}: schema {meta.get('schema')} is not {SCHEMA}; rebuild it")
+        config = PruningConfig(**{**meta["config"], "levels": tuple(meta["config"]["levels"])})
+        schedule = StageSchedule.from_dict(meta["schedule"])
+        tensors = read_tensors(folder / "scores.safetensors")
+        scores: list[dict[str, torch.Tensor]] = [{} for _ in range(schedule.num_stages)]
+        depth = [tensors[f"depth/{s}"] for s in range(schedule.num_stages) if f"depth/{s}" in tensors]
+        consumers = {k[len("consumers/") :]: v for k, v in tensors.items() if k.startswith("consumers/")}
+        for k, v in tensors.items():
+            if k.startswith("scores/"):
+                _, s, g = k.split("/", 2)
+                scores[int(s)][g] = v
+        grams: list[dict[str, torch.Tensor]] = []
+        if (folder / "grams.safetensors").is_file():
+            grams = [{} for _ in range(schedule.num_stages)]
+            for k, v in read_tensors(folder / "grams.safetensors").items():
+                s, c = k.split("/", 1)
+                grams[int(s)][c] = v.double()
+        return cls(
+            config,
+            PrunableStructure.from_dict(meta["structure"]),
+            schedule,
+            ModelShapes.from_dict(meta["shapes"]),
+            scores,
+            depth,
+            grams,
+            consumers,
+            [LevelCost(**c) for c in meta["costs"]],
+        )
+
+    def measure_latency(self, model: nn.Module, call: Callable[[nn.Module], object], repeats: int = 20) -> None:
+        """Fill ``costs[*].latency``: median seconds per denoiser call of each level on this device."""
+        for level, cost in enumerate(self.costs):
+            pruned = prune_copy(model, self.structure, self.shape_plan(level))
+            cost.latency = measure_latency(lambda: call(pruned), repeats=repeats)  # noqa: B023 (called at once)
+
+
+def build_library(
+    pipe: Any,
+    config: PruningConfig,
+    run: Callable[[Any, int], Any] | None = None,
+    progress: bool = True,
+) -> PruningLibrary:
+    """Calibrate on the dense trajectory of ``pipe`` and score every unit for every stage."""
+    schedule = StageSchedule.uniform(config.steps, config.stages)
+    _, model = find_denoiser(pipe)
+    calib = record_calls(pipe, schedule, run or zoo_runner(config))
+    example = calib.example()
+    structure, tp_groups = trace_structure(model, lambda m: calib.run(m, example), depth=config.axis == "depth")
+    consumer_names = sorted({g.consumer for g in structure.groups})
+    need_grams = config.compensate or config.importance == "activation"
+    generator = torch.Generator().manual_seed(config.seed)
+    scores, depth, grams = [], [], []
+    for stage in tqdm(range(schedule.num_stages), desc="calibrating stages", disable=not progress):
+        stage_grams = collect_grams(model, calib, consumer_names, stage) if need_grams else None
+        scores.append(
+            unit_scores(config.importance, model, structure.groups, tp_groups, calib, stage_grams, stage, generator)
+        )
+        if structure.blocks:
+            depth.append(block_scores(model, structure.blocks, calib, stage))
+        if config.compensate and stage_grams is not None:
+            grams.append(stage_grams)
+    consumers = {}
+    for name in consumer_names:
+        module: Any = model.get_submodule(name)
+        consumers[f"{name}.weight"] = module.weight.detach().clone().cpu()
+        if getattr(module, "bias", None) is not None:
+            consumers[f"{name}.bias"] = module.bias.detach().clone().cpu()
+    library = PruningLibrary(
+        config, structure, schedule, ModelShapes.of(model, structure), scores, depth, grams, consumers
+    )
+    library.costs = level_costs(model, library, calib)
+    return library
+
+
+def level_costs(model: nn.Module, library: PruningLibrary, calib: CalibrationSet) -> list[LevelCost]:
+    """MACs and parameters of each level, counted on the torch-pruning-pruned copy (one sample, one call)."""
+    call = single_sample(calib.example())
+    costs = []
+    for level, fraction in enumerate(library.config.levels):
+        plan = library.shape_plan(level)
+        pruned = prune_copy(model, library.structure, plan) if not plan.is_dense else model
+        costs.append(LevelCost(float(fraction), count_macs(pruned, lambda m: calib.run(m, call)), count_params(pruned)))
+    return costs

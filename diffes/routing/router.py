@@ -1,0 +1,305 @@
+"""Router: one shared denoiser whose weights are swapped in place to a plan, and back.
+
+Three storage modes:
+- ``zero-copy``: nested plans. The dense channels are permuted once (output-equivalent) so every
+  plan keeps a prefix; a plan's tensors are then views of the dense storage.
+- ``bank``: as zero-copy, plus the plan's replacement tensors (compensated consumers), prepared once
+  per (stage, level) and swapped in by reference.
+- ``gather``: non-nested plans. ``index_select`` into buffers allocated once, at the switch only.
+Attribute overrides (``heads``, ``num_groups``, sizes) and dropped blocks are applied with the tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from torch import nn
+
+from diffes.errors import ConfigError
+from diffes.pruning.graph import PrunableStructure
+from diffes.pruning.library import PruningLibrary
+from diffes.pruning.plan import PrunePlan, prune_copy
+
+__all__ = ["Router", "MODES"]
+
+MODES = ("auto", "zero-copy", "bank", "gather")
+SKIP_HOOK = "diffes-skip-block"
+
+
+def _ranked_positions(idxs: tuple[int, ...], roots: tuple[int, ...], rank: dict[int, int]) -> dict[int, int]:
+    """New position -> old index, sorting each chunk of a member by the rank of its root.
+
+    A member may hold several indices per root (GEGLU's value and gate halves); the k-th index of each
+    root forms chunk k, and a chunk is only reordered within the positions it already occupies.
+    """
+    seen: dict[int, int] = {}
+    chunks: dict[int, list[tuple[int, int]]] = {}
+    for idx, root in zip(idxs, roots):
+        k = seen.get(root, 0)
+        seen[root] = k + 1
+        chunks.setdefault(k, []).append((rank[root], idx))
+    moves = {}
+    for members in chunks.values():
+        positions = sorted(idx for _, idx in members)
+        for position, (_, idx) in zip(positions, sorted(members)):
+            moves[position] = idx
+    return moves
+
+
+class SkipBlockHook(ModelHook):  # type: ignore[misc]
+    """Makes a residual block return its input while ``active`` (depth pruning without editing the model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.active:
+            return args[0] if args else kwargs["hidden_states"]
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+@dataclass
+class _Table:
+    """Everything ``set`` assigns for one plan, prepared once."""
+
+    tensors: list[tuple[nn.Parameter | torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    gathers: list[tuple[nn.Parameter | torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]] = field(
+        default_factory=list
+    )
+    attrs: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
+    skipped: list[SkipBlockHook] = field(default_factory=list)
+    nbytes: int = 0
+
+
+class Router:
+    """Routes ``model`` (the library's dense denoiser) to any plan of ``library`` in place."""
+
+    def __init__(self, model: nn.Module, library: PruningLibrary, mode: str = "auto") -> None:
+        if mode not in MODES:
+            raise ConfigError("mode", mode, f"choose one of {', '.join(MODES)}")
+        if mode == "auto":
+            mode = ("bank" if library.config.compensate else "zero-copy") if library.config.nested else "gather"
+        if mode in ("zero-copy", "bank") and not library.config.nested:
+            raise ConfigError("mode", mode, "zero-copy and bank routing need a nested library (prune --nested)")
+        self.model, self.library, self.mode = model, library, mode
+        self.params = self._touched_tensors()
+        self.dense = {k: t.data for k, t in self.params.items()}
+        self.dense_attrs = self._dense_attrs()
+        self.positions: dict[str, tuple[int, torch.Tensor]] = {}  # key -> (dim, old index at each new position)
+        if mode in ("zero-copy", "bank"):
+            self._permute()
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.skips = self._skip_hooks()
+        self.tables: dict[tuple[int, int], _Table] = {}
+        self.current: tuple[int, int] | None = None
+
+    # ---- setup ----
+
+    def _touched_tensors(self) -> dict[str, torch.Tensor]:
+        keys = {f"{k.split(':')[0]}.{p}" for k, ts in self.library.shapes.tensors.items() for p, _, _ in ts}
+        keys |= set(self.library.consumers)
+        out = {}
+        for key in sorted(keys):
+            module_name, _, pname = key.rpartition(".")
+            out[key] = getattr(self.model.get_submodule(module_name), pname)
+        return out
+
+    def _dense_attrs(self) -> dict[tuple[str, str], Any]:
+        attrs: dict[tuple[str, str], Any] = {}
+        for key, sizes in self.library.shapes.sizes.items():
+            for attr in sizes:
+                module = key.split(":")[0]
+                attrs[(module, attr)] = getattr(self.model.get_submodule(module), attr)
+        for g in self.library.structure.groups:
+            if g.count_attr:
+                attrs[tuple(g.count_attr)] = getattr(self.model.get_submodule(g.count_attr[0]), g.count_attr[1])  # type: ignore[index]
+        return attrs
+
+    def _skip_hooks(self) -> dict[str, SkipBlockHook]:
+        hooks = {}
+        for name in self.library.structure.blocks:
+            hook = SkipBlockHook()
+            HookRegistry.check_if_exists_or_initialize(self.model.get_submodule(name)).register_hook(hook, SKIP_HOOK)
+            hooks[name] = hook
+        return hooks
+
+    @torch.no_grad()
+    def _permute(self) -> None:
+        """Reorder each group's channels by the nested unit order, so plans keep prefixes."""
+        for g in self.library.structure.groups:
+            order = self.library.unit_order(0, g.name).tolist()
+            rank = {root: i for i, root in enumerate(g.kept_roots(order))}
+            for m in g.members:
+                new_order = _ranked_positions(m.idxs, m.roots, rank)
+                for pname, dim, size in self.library.shapes.tensors[f"{m.module}:{m.side}"]:
+                    key = f"{m.module}.{pname}"
+                    full = torch.arange(size)
+                    full[list(new_order)] = torch.tensor(list(new_order.values()))
+                    self.positions[key] = (dim, full)
+                    self.dense[key] = self.dense[key].index_select(dim, full.to(self.dense[key].device))
+                    self.params[key].data = self.dense[key]
+
+    # ---- tables ----
+
+    def _layout(self, key: str, dim: int, kept: torch.Tensor) -> torch.Tensor:
+        """Where the kept original indices sit in the (possibly permuted) dense tensor, in routed order."""
+        if key not in self.positions:
+            return kept
+        _, old_at = self.positions[key]
+        new_pos = torch.empty_like(old_at)
+        new_pos[old_at] = torch.arange(len(old_at))
+        return torch.sort(new_pos[kept]).values
+
+    def _reorder(self, key: str, dim: int, kept: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+        """A replacement is stored in sorted original order; put it in the routed order."""
+        if key not in self.positions:
+            return tensor
+        _, old_at = self.positions[key]
+        new_pos = torch.empty_like(old_at)
+        new_pos[old_at] = torch.arange(len(old_at))
+        return tensor.index_select(dim, torch.argsort(new_pos[kept]).to(tensor.device)).contiguous()
+
+    def _buffer(self, key: str, shape: torch.Size) -> torch.Tensor:
+        dense = self.dense[key]
+        if key not in self.buffers:
+            self.buffers[key] = torch.empty(dense.numel(), dtype=dense.dtype, device=dense.device)
+        return self.buffers[key][: shape.numel()].view(shape)
+
+    def _table(self, plan: PrunePlan) -> _Table:
+        table = _Table()
+        for key, (dim, kept) in plan.slices.items():
+            if key in plan.replacements:
+                continue
+            dense = self.dense[key]
+            pos = self._layout(key, dim, kept).to(dense.device)
+            if len(pos) and bool((pos == torch.arange(len(pos), device=dense.device)).all()):
+                table.tensors.append((self.params[key], dense.narrow(dim, 0, len(pos))))
+            else:
+                shape = list(dense.shape)
+                shape[dim] = len(pos)
+                table.gathers.append((self.params[key], dense, dim, pos, self._buffer(key, torch.Size(shape))))
+        for key, tensor in plan.replacements.items():
+            dense = self.dense[key]
+            if key in plan.slices:
+                dim, kept = plan.slices[key]
+                tensor = self._reorder(key, dim, kept, tensor)
+            tensor = tensor.to(dense.device, dense.dtype)
+            table.tensors.append((self.params[key], tensor))
+            table.nbytes += tensor.numel() * tensor.element_size()
+        for module_name, attrs in plan.overrides.items():
+            module = self.model.get_submodule(module_name)
+            table.attrs.extend((module, attr, value) for attr, value in attrs.items())
+        table.skipped = [self.skips[name] for name in plan.skipped]
+        return table
+
+    # ---- switching ----
+
+    @torch.no_grad()
+    def set(self, plan: PrunePlan) -> None:
+        """Route to ``plan`` (from this router's library)."""
+        key = (plan.stage, plan.level)
+        if key not in self.tables:
+            self.tables[key] = self._table(plan)
+        self._apply(self.tables[key])
+        self.current = key
+
+    def set_level(self, stage: int, level: int) -> None:
+        """Route to the library's plan for (stage, level); a no-op if already there."""
+        if self.current == (stage, level):
+            return
+        if (stage, level) in self.tables:
+            self._apply(self.tables[(stage, level)])
+            self.current = (stage, level)
+        else:
+            self.set(self.library.plan(stage, level))
+
+    @torch.no_grad()
+    def _apply(self, table: _Table) -> None:
+        self._restore()
+        for param, tensor in table.tensors:
+            param.data = tensor
+        for param, dense, dim, pos, buffer in table.gathers:
+            torch.index_select(dense, dim, pos, out=buffer)
+            param.data = buffer
+        for module, attr, value in table.attrs:
+            setattr(module, attr, value)
+        for hook in table.skipped:
+            hook.active = True
+
+    def _restore(self) -> None:
+        for key, param in self.params.items():
+            param.data = self.dense[key]
+        for (module_name, attr), value in self.dense_attrs.items():
+            setattr(self.model.get_submodule(module_name), attr, value)
+        for hook in self.skips.values():
+            hook.active = False
+
+    def reset(self) -> None:
+        """Back to the full dense model (in the router's channel order)."""
+        self._restore()
+        self.current = None
+
+    def forget(self) -> None:
+        """Drop prepared tables (and their banked tensors)."""
+        self.tables.clear()
+
+    def extra_bytes(self) -> int:
+        """Memory the router holds beyond the dense model: gather buffers and banked replacements."""
+        buffers = sum(b.numel() * b.element_size() for b in self.buffers.values())
+        return buffers + sum(t.nbytes for t in self.tables.values())
+
+    @torch.no_grad()
+    def reference(self, original: nn.Module, plan: PrunePlan) -> nn.Module:
+        """torch-pruning's pruned copy of ``original`` (the dense model before routing), in this router's
+        channel order: what ``set(plan)`` must equal bit for bit. For verification; it copies the model."""
+        model = copy.deepcopy(original)
+        for key, (dim, old_at) in self.positions.items():
+            module_name, _, pname = key.rpartition(".")
+            tensor = getattr(model.get_submodule(module_name), pname)
+            tensor.data = tensor.data.index_select(dim, old_at.to(tensor.device))
+        groups = []
+        for g in self.library.structure.groups:
+            members = []
+            for m in g.members:
+                moved = [k for k in self.positions if k.rpartition(".")[0] == m.module]
+                idxs = m.idxs
+                if moved:
+                    old_at = self.positions[moved[0]][1]
+                    new_pos = torch.empty_like(old_at)
+                    new_pos[old_at] = torch.arange(len(old_at))
+                    idxs = tuple(int(new_pos[i]) for i in m.idxs)
+                members.append(dataclasses.replace(m, idxs=idxs))
+            groups.append(dataclasses.replace(g, members=tuple(members)))
+        replacements = {}
+        for key, tensor in plan.replacements.items():
+            if key in plan.slices:
+                dim, kept = plan.slices[key]
+                tensor = self._reorder(key, dim, kept, tensor)
+            replacements[key] = tensor
+        routed_plan = dataclasses.replace(plan, replacements=replacements)
+        structure = PrunableStructure(groups, self.library.structure.blocks)
+        return prune_copy(model, structure, routed_plan)
+
+    @torch.no_grad()
+    def remove(self) -> None:
+        """Restore the original model bit-exactly (un-permute) and detach the hooks."""
+        self._restore()
+        for key, (dim, old_at) in self.positions.items():
+            inverse = torch.empty_like(old_at)
+            inverse[old_at] = torch.arange(len(old_at))
+            self.dense[key] = self.dense[key].index_select(dim, inverse.to(self.dense[key].device))
+            self.params[key].data = self.dense[key]
+        self.positions.clear()
+        for name in self.skips:
+            HookRegistry.check_if_exists_or_initialize(self.model.get_submodule(name)).remove_hook(
+                SKIP_HOOK, recurse=False
+            )
+        self.skips.clear()
+        self.tables.clear()
+        self.current = None
