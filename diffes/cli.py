@@ -41,6 +41,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         from diffes.routing import load_routed
 
         pipe = load_routed(args.routed, device=args.device)
+        if not hasattr(pipe, "null_class"):
+            raise ConfigError("routed", args.routed, "generate samples class-conditional zoo pipelines only")
     else:
         pipe = load_pipeline(args.model, device=args.device)
     labels = [c for c in classes for _ in range(args.per_class)]
@@ -49,6 +51,61 @@ def cmd_generate(args: argparse.Namespace) -> None:
     images = pipe(labels, num_inference_steps=args.steps, generator=generator, output_type="pt", **kwargs).images
     path = save_grid(images, args.output, rows=len(classes))
     print(f"wrote {path} ({len(labels)} samples, {args.steps} steps)")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from diffes.models import load_pipeline
+    from diffes.pruning import LevelGrid, PruningConfig, build_library
+
+    out = Path(args.out)
+    if (out / "library.json").exists() and not args.force:
+        raise ConfigError(
+            "out", str(out), "a library is already there; pass --force to overwrite or pick another folder"
+        )
+    config = PruningConfig(
+        importance=args.importance,
+        levels=LevelGrid.parse(args.levels).fractions,
+        axis=args.axis,
+        nested=args.nested,
+        compensate=not args.no_compensate,
+        stages=args.stages,
+        steps=args.steps,
+        probes=args.probes,
+        seed=args.seed,
+        latency=args.latency,
+    )
+    pipe = load_pipeline(args.model, device=args.device)
+    library = build_library(pipe, config)
+    library.save(out)
+    print(f"wrote {out} ({library.num_stages} stages x {library.num_levels} levels)")
+    print(format_levels(library))
+
+
+def format_levels(library: object) -> str:
+    costs = library.costs  # type: ignore[attr-defined]
+    dense = costs[0]
+    rows = [f"{'level':>5} {'sparsity':>8} {'MACs':>10} {'MACs %':>7} {'params':>10} {'params %':>8} {'latency %':>9}"]
+    for i, c in enumerate(costs):
+        latency = f"{100 * c.latency / dense.latency:8.1f}%" if c.latency and dense.latency else f"{'-':>9}"
+        rows.append(
+            f"{i:>5} {c.fraction:>8.2f} {c.macs / 1e6:>9.2f}M {100 * c.macs / dense.macs:>6.1f}% "
+            f"{c.params:>10,} {100 * c.params / dense.params:>7.1f}% {latency}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from diffes.pruning import PruningLibrary
+
+    library = PruningLibrary.load(args.library)
+    c = library.config
+    print(
+        f"{args.library}: importance={c.importance} axis={c.axis} nested={c.nested} compensate={c.compensate} "
+        f"stages={library.num_stages} steps={library.schedule.num_steps} groups={len(library.structure.groups)}"
+    )
+    print(format_levels(library))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,11 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     gen.add_argument("-o", "--output", default="grid.png", help="output PNG")
     gen.set_defaults(func=cmd_generate)
+
+    prune = sub.add_parser("prune", help="build a pruning library: a plan and its cost for every (stage, level)")
+    prune.add_argument("--model", default=DEFAULT_MODEL, help="zoo model name or diffusers pipeline folder")
+    prune.add_argument("--importance", default="taylor", help="magnitude, taylor or activation")
+    prune.add_argument("--levels", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="sparsities, or heads:8,6,4,...")
+    prune.add_argument("--axis", default="width", help="width (heads, MLP units, channels) or depth (blocks)")
+    prune.add_argument("--nested", action="store_true", help="one unit order for all stages (zero-copy routing)")
+    prune.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of consumers")
+    prune.add_argument("--stages", type=int, default=10)
+    prune.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration trajectory")
+    prune.add_argument("--probes", type=int, default=32, help="calibration samples")
+    prune.add_argument("--latency", action="store_true", help="also measure each level's latency on this device")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--device", default=None)
+    prune.add_argument("--force", action="store_true", help="overwrite an existing library")
+    prune.add_argument("--out", required=True, help="output folder")
+    prune.set_defaults(func=cmd_prune)
+
+    inspect = sub.add_parser("inspect", help="print a pruning library's levels with MACs, params and latency")
+    inspect.add_argument("library")
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from diffes.models.loading import fast_cpu_math
+
+    fast_cpu_math()
     try:
         args.func(args)
     except DiffesError as e:

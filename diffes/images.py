@@ -27,7 +27,7 @@ def make_grid(images: torch.Tensor, rows: int, scale: int = 4, pad: int = 1) -> 
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike[str], rows: int, scale: int = 4) -> Path:
+def save_grid(images: torch.Tensor, path: str | os.PathLike[str], rows: int, scale: int = 6) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         make_grid(images, rows, scale).save(tmp, format="PNG")

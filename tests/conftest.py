@@ -10,6 +10,7 @@ from diffes.models.zoo import build_model, sampling_scheduler
 @pytest.fixture(autouse=True)
 def _quiet_threads() -> None:
     torch.set_num_threads(2)
+    torch.set_flush_denormal(True)  # as the CLI and workers do
 
 
 @pytest.fixture()

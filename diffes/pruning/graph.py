@@ -152,10 +152,18 @@ def trace_structure(
             f"Attention heads, FeedForward units and ResnetBlock2D channels"
         )
     names = {m: n for n, m in model.named_modules()}
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=None, forward_fn=lambda m, _: example_call(m), verbose=False
-        )
+    params = list(model.parameters())
+    frozen = [p for p in params if not p.requires_grad]
+    try:  # torch-pruning traces through autograd, so parameters must require grad while it does
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=None, forward_fn=lambda m, _: example_call(m), verbose=False
+            )
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     groups, tp_groups = [], {}
     for name, kind, consumer_name, unit_size, count_attr in candidates:
         consumer: Any = model.get_submodule(consumer_name)

@@ -35,18 +35,19 @@ class LevelGrid:
         if not isinstance(spec, str):
             return cls(tuple(float(x) for x in spec))
         text = spec.strip()
+        if not text:
+            raise ConfigError("levels", spec, "give at least one level, e.g. 0,0.1,0.2,...,0.7")
         try:
             if text.startswith("heads:"):
                 kept = [int(x) for x in text[len("heads:") :].split(",") if x.strip()]
-                if not kept or min(kept) < 1:
+                fractions = [1.0 - k / max(kept) for k in set(kept)] if kept and min(kept) >= 1 else []
+                if not fractions:
                     raise ValueError
-                top = max(kept)
-                return cls(tuple(sorted(1.0 - k / top for k in set(kept))))
-            if not text:
-                raise ConfigError("levels", spec, "give at least one level, e.g. 0,0.1,0.2,...,0.7")
-            return cls(tuple(float(x) for x in text.split(",")))
+                return cls(tuple(sorted(fractions)))
+            values = tuple(float(x) for x in text.split(","))
         except ValueError:
             raise ConfigError("levels", spec, "use fractions like 0,0.1,0.2 or head counts like heads:8,6,4") from None
+        return cls(values)
 
     def __len__(self) -> int:
         return len(self.fractions)

@@ -44,6 +44,7 @@ class PruningConfig:
     guidance_scale: float = 2.0
     seed: int = 0
     cache_mb: float = 256.0
+    latency: bool = False  # also time every level on this device (a calibration-sized batch)
 
     def __post_init__(self) -> None:
         if self.importance not in IMPORTANCE:
@@ -93,6 +94,7 @@ class PruningLibrary:
     grams: list[dict[str, torch.Tensor]]  # per stage, per consumer (empty without compensation)
     consumers: dict[str, torch.Tensor]  # dense consumer weights and biases, for compensation
     costs: list[LevelCost] = field(default_factory=list)
+    pinned: dict[tuple[int, int], PrunePlan] = field(default_factory=dict)  # exported plans, never evicted
     _cache: OrderedDict[tuple[int, int], PrunePlan] = field(default_factory=OrderedDict, repr=False)
 
     @property
@@ -141,6 +143,12 @@ class PruningLibrary:
         if not (0 <= stage < self.num_stages and 0 <= level < self.num_levels):
             raise ConfigError("plan", (stage, level), f"stage < {self.num_stages} and level < {self.num_levels}")
         key = (stage, level)
+        if key in self.pinned:
+            return self.pinned[key]
+        if self.config.compensate and not self.grams:
+            raise CheckpointError(
+                f"plan=({stage}, {level}): this library holds only its exported plans; rebuild it with `diffes prune`"
+            )
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -239,7 +247,7 @@ class PruningLibrary:
             for k, v in read_tensors(folder / "grams.safetensors").items():
                 s, c = k.split("/", 1)
                 grams[int(s)][c] = v.double()
-        return cls(
+        library = cls(
             config,
             PrunableStructure.from_dict(meta["structure"]),
             schedule,
@@ -250,6 +258,45 @@ class PruningLibrary:
             consumers,
             [LevelCost(**c) for c in meta["costs"]],
         )
+        if (folder / "plans.json").is_file():
+            library.load_plans(folder)
+        return library
+
+    def save_plans(self, folder: str | os.PathLike[str], pairs: list[tuple[int, int]]) -> None:
+        """Write the plans of ``pairs`` (with their compensated tensors) as plans.safetensors + plans.json."""
+        folder = Path(folder)
+        tensors, metas = {}, []
+        for stage, level in sorted(set(pairs)):
+            plan = self.plan(stage, level)
+            metas.append(plan.meta())
+            tensors.update({f"{stage}_{level}/{k}": v for k, v in plan.tensors().items()})
+        write_tensors(folder / "plans.safetensors", tensors)
+        write_json(folder / "plans.json", {"schema": SCHEMA, "plans": metas})
+
+    def load_plans(self, folder: str | os.PathLike[str]) -> None:
+        """Pin the plans saved by ``save_plans``."""
+        folder = Path(folder)
+        metas = read_json(folder / "plans.json")["plans"]
+        tensors = read_tensors(folder / "plans.safetensors")
+        for meta in metas:
+            prefix = f"{meta['stage']}_{meta['level']}/"
+            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                plan = PrunePlan.from_data(meta, own)
+            except KeyError as e:
+                raise CheckpointError(
+                    f"{folder / 'plans.safetensors'}: tensor {e} of plan {prefix[:-1]} is missing"
+                ) from None
+            self.pinned[(plan.stage, plan.level)] = plan
+
+    def export(self, folder: str | os.PathLike[str], pairs: list[tuple[int, int]]) -> Path:
+        """A compact copy for serving: structure, scores and the given plans; no calibration data."""
+        folder = Path(folder)
+        self.save_plans(folder, pairs)
+        slim = PruningLibrary(
+            self.config, self.structure, self.schedule, self.shapes, self.scores, self.depth_scores, [], {}, self.costs
+        )
+        return slim.save(folder)
 
     def measure_latency(self, model: nn.Module, call: Callable[[nn.Module], object], repeats: int = 20) -> None:
         """Fill ``costs[*].latency``: median seconds per denoiser call of each level on this device."""
@@ -293,6 +340,8 @@ def build_library(
         config, structure, schedule, ModelShapes.of(model, structure), scores, depth, grams, consumers
     )
     library.costs = level_costs(model, library, calib)
+    if config.latency:
+        library.measure_latency(model, lambda m: calib.run(m, example))
     return library
 
 

@@ -103,11 +103,13 @@ class Router:
 
     def _touched_tensors(self) -> dict[str, torch.Tensor]:
         keys = {f"{k.split(':')[0]}.{p}" for k, ts in self.library.shapes.tensors.items() for p, _, _ in ts}
-        keys |= set(self.library.consumers)
+        keys |= {f"{g.consumer}.{p}" for g in self.library.structure.groups for p in ("weight", "bias")}
         out = {}
         for key in sorted(keys):
             module_name, _, pname = key.rpartition(".")
-            out[key] = getattr(self.model.get_submodule(module_name), pname)
+            tensor = getattr(self.model.get_submodule(module_name), pname, None)
+            if tensor is not None:
+                out[key] = tensor
         return out
 
     def _dense_attrs(self) -> dict[tuple[str, str], Any]:

@@ -1,0 +1,208 @@
+"""Variation operators on genomes: pure functions of (genome, budget, rng) that always return feasible genomes.
+
+Every random draw comes from the explicit ``rng`` argument, so a search is reproducible from a seed and
+resumable from a checkpointed ``rng.getstate()``. Operators never need the model: only the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+from diffes.search.genome import Budget, Genome
+
+__all__ = [
+    "SHAPES",
+    "crossover_repair",
+    "fill_budget",
+    "initial_population",
+    "mutate_transfer",
+    "repair",
+    "shaped_genomes",
+]
+
+
+def _with(genome: Genome, stage: int, level: int) -> Genome:
+    return (*genome[:stage], level, *genome[stage + 1 :])
+
+
+def repair(genome: Sequence[int], budget: Budget, rng: random.Random) -> Genome:
+    """Make ``genome`` feasible by sparsifying random stages one level at a time.
+
+    Always terminates: every stage at the maximum level is the cheapest schedule, and a Budget is never
+    below it.
+    """
+    g = tuple(int(x) for x in genome)
+    while not budget.feasible(g):
+        stage = rng.choice([s for s, level in enumerate(g) if level < budget.max_level])
+        g = _with(g, stage, g[stage] + 1)
+    return g
+
+
+def fill_budget(genome: Sequence[int], budget: Budget, rng: random.Random) -> Genome:
+    """Densify random stages one level at a time while the schedule still fits.
+
+    Spending unused budget on accuracy rarely hurts, so a filled genome is usually at least as good.
+    """
+    g = repair(genome, budget, rng)
+    while True:
+        denser = [s for s, level in enumerate(g) if level > 0 and budget.feasible(_with(g, s, level - 1))]
+        if not denser:
+            return g
+        stage = rng.choice(denser)
+        g = _with(g, stage, g[stage] - 1)
+
+
+def mutate_transfer(
+    genome: Sequence[int], budget: Budget, rng: random.Random, moves: int = 1, fill: bool = True
+) -> Genome:
+    """Diff-ES level transfer, ``moves`` times: one stage gets denser, another pays for it by getting sparser.
+
+    The stage that gains is drawn at random; if the unused budget pays for it, no stage pays, else a random
+    stage that can pay does. With ``fill`` the leftover slack is then spent (``fill_budget``), so the mutant
+    sits on the budget edge, where the best schedules are. Without a possible transfer, a random stage gets
+    sparser instead.
+
+    Always paying with the stage that leaves the least slack was tried instead of fill: with uneven stage
+    weights that makes the payer nearly always the same stage, and the GA found clearly worse schedules on
+    the synthetic problems of tests/search.
+    """
+    g = repair(genome, budget, rng)
+    for _ in range(moves):
+        g = _transfer_once(g, budget, rng)
+    return fill_budget(g, budget, rng) if fill else g
+
+
+def _transfer_once(g: Genome, budget: Budget, rng: random.Random) -> Genome:
+    gainers = [s for s, level in enumerate(g) if level > 0]
+    rng.shuffle(gainers)
+    for gainer in gainers:
+        denser = _with(g, gainer, g[gainer] - 1)
+        if budget.feasible(denser):
+            return denser
+        payers = [
+            _with(denser, s, level + 1) for s, level in enumerate(denser) if s != gainer and level < budget.max_level
+        ]
+        payers = [p for p in payers if budget.feasible(p)]
+        if payers:
+            return rng.choice(payers)
+    return _sparser_neighbour(g, budget, rng)
+
+
+def _sparser_neighbour(g: Genome, budget: Budget, rng: random.Random) -> Genome:
+    stages = [s for s, level in enumerate(g) if level < budget.max_level]
+    if not stages:
+        return g
+    stage = rng.choice(stages)
+    return _with(g, stage, g[stage] + 1)
+
+
+def crossover_repair(
+    a: Sequence[int],
+    b: Sequence[int],
+    budget: Budget,
+    rng: random.Random,
+    method: str = "uniform",
+    fill: bool = True,
+) -> tuple[Genome, Genome]:
+    """Uniform (per-stage coin) or one-point crossover, then repair each child (and fill its unused budget)."""
+    x, y = list(a), list(b)
+    if method == "uniform":
+        for s in range(len(x)):
+            if rng.random() < 0.5:
+                x[s], y[s] = y[s], x[s]
+    elif method == "one_point":
+        if len(x) > 1:
+            cut = rng.randint(1, len(x) - 1)
+            x[cut:], y[cut:] = y[cut:], x[cut:]
+    else:
+        raise ValueError(f"crossover method {method!r}: use 'uniform' or 'one_point'")
+    finish = fill_budget if fill else repair
+    return finish(x, budget, rng), finish(y, budget, rng)
+
+
+# A shape maps (stages, dense level a, sparse level b) to a genome that is dense (a) where the shape says so.
+_Shape = Callable[[int, int, int], Genome]
+
+
+def _block(where: str) -> _Shape:
+    def shape(n: int, a: int, b: int) -> Genome:
+        k = math.ceil(n / 3)
+        start = {"front": 0, "middle": (n - k) // 2, "back": n - k}[where]
+        return tuple(a if start <= s < start + k else b for s in range(n))
+
+    return shape
+
+
+def _ramp(rising: bool) -> _Shape:
+    def shape(n: int, a: int, b: int) -> Genome:
+        steps = [s / (n - 1) if n > 1 else 0.0 for s in range(n)]
+        levels = tuple(a + math.floor((b - a) * t + 0.5) for t in steps)
+        return levels if rising else levels[::-1]
+
+    return shape
+
+
+# Order matters: when the population is smaller than the number of shapes, the first ones are kept.
+SHAPES: dict[str, _Shape] = {
+    "front_heavy": _block("front"),
+    "back_heavy": _block("back"),
+    "middle_heavy": _block("middle"),
+    "ramp_up": _ramp(rising=True),
+    "ramp_down": _ramp(rising=False),
+}
+
+
+def _uniform(budget: Budget) -> Genome:
+    level = next(lv for lv in range(budget.num_levels) if budget.feasible((lv,) * budget.num_stages))
+    return (level,) * budget.num_stages
+
+
+def _fit_shape(shape: _Shape, budget: Budget) -> Genome | None:
+    """The feasible instance of ``shape`` (dense level a < sparse level b) that spends the most budget."""
+    n, top = budget.num_stages, budget.max_level
+    instances = [shape(n, a, b) for a in range(top + 1) for b in range(a + 1, top + 1)]
+    feasible = [g for g in instances if budget.feasible(g)]
+    if not feasible:
+        return None
+    # Prefer spending the budget, then the more pronounced shape; max() keeps the first of exact ties.
+    return max(feasible, key=lambda g: (round(budget.cost(g), 12), max(g) - min(g)))
+
+
+def shaped_genomes(budget: Budget) -> dict[str, Genome]:
+    """The named, deterministic members of the initial population (``uniform`` plus every feasible shape)."""
+    named = {"uniform": _uniform(budget)}
+    for name, shape in SHAPES.items():
+        genome = _fit_shape(shape, budget)
+        if genome is not None:
+            named[name] = genome
+    return named
+
+
+def initial_population(n: int, num_stages: int, num_levels: int, budget: Budget, rng: random.Random) -> list[Genome]:
+    """Exactly ``n`` feasible genomes: the uniform schedule, the named shapes, then random filled schedules.
+
+    Duplicates are avoided while the feasible space allows it; a tiny space is padded with repeats.
+    """
+    if (num_stages, num_levels) != (budget.num_stages, budget.num_levels):
+        raise ValueError(
+            f"population of {num_stages} stages x {num_levels} levels does not match the budget's "
+            f"{budget.num_stages} x {budget.num_levels}"
+        )
+    population: list[Genome] = []
+    for genome in shaped_genomes(budget).values():
+        if genome not in population:
+            population.append(genome)
+    population = population[:n]
+    seen = set(population)
+    attempts = 0
+    while len(population) < n and attempts < 50 * n:
+        attempts += 1
+        genome = fill_budget([rng.randrange(num_levels) for _ in range(num_stages)], budget, rng)
+        if genome not in seen:
+            seen.add(genome)
+            population.append(genome)
+    while len(population) < n:
+        population.append(rng.choice(population))
+    return population

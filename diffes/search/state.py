@@ -1,0 +1,100 @@
+"""Everything a search needs to continue, as plain data that round-trips through JSON exactly.
+
+Fitness values are not stored next to the genomes: every genome in a population or the hall of fame is in
+the cache, and its cost follows from the budget, so there is one source of truth per number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from diffes.errors import CheckpointError
+from diffes.search.config import SearchConfig
+from diffes.search.genome import Budget, Genome
+
+__all__ = ["FORMAT", "SearchState"]
+
+FORMAT = "diffes.search.state/1"
+
+RngState = tuple[Any, ...]
+"""What ``random.Random.getstate()`` returns: (version, 625 ints, gauss_next)."""
+
+
+@dataclass(frozen=True)
+class SearchState:
+    """The search after ``generation`` generations (0: initial population evaluated).
+
+    ``populations`` has one entry per island (one for ``ga``/``nsga2``); ``cache`` maps every genome ever
+    evaluated to its distance, in evaluation order; ``hall_of_fame`` is best first; ``logbook`` has one
+    JSON-typed record per generation; ``rng_state`` is the generator state to draw the next generation from.
+    """
+
+    config: SearchConfig
+    budget: Budget
+    generation: int
+    populations: tuple[tuple[Genome, ...], ...]
+    cache: dict[Genome, float]
+    hall_of_fame: tuple[Genome, ...]
+    logbook: tuple[dict[str, Any], ...]
+    rng_state: RngState
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON types only (``json.dumps`` writes floats with repr, which reads back to the same float)."""
+        version, internal, gauss_next = self.rng_state
+        return {
+            "format": FORMAT,
+            "config": asdict(self.config),
+            "budget": {
+                "stage_weights": list(self.budget.stage_weights),
+                "level_costs": list(self.budget.level_costs),
+                "fraction": self.budget.fraction,
+            },
+            "generation": self.generation,
+            "populations": [[list(g) for g in island] for island in self.populations],
+            "cache": [[list(g), d] for g, d in self.cache.items()],
+            "hall_of_fame": [list(g) for g in self.hall_of_fame],
+            "logbook": [dict(record) for record in self.logbook],
+            "rng": [version, list(internal), gauss_next],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchState:
+        if data.get("format") != FORMAT:
+            raise CheckpointError(f"search state format {data.get('format')!r} is not {FORMAT!r}; start a new run")
+        try:
+            version, internal, gauss_next = data["rng"]
+            state = cls(
+                config=SearchConfig(**data["config"]),
+                budget=Budget(**data["budget"]),
+                generation=int(data["generation"]),
+                populations=tuple(tuple(_genome(g) for g in island) for island in data["populations"]),
+                cache={_genome(g): float(d) for g, d in data["cache"]},
+                hall_of_fame=tuple(_genome(g) for g in data["hall_of_fame"]),
+                logbook=tuple(dict(record) for record in data["logbook"]),
+                rng_state=(version, tuple(internal), gauss_next),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"search state is corrupt ({type(err).__name__}: {err}); start a new run") from err
+        _check_cached(state)
+        return state
+
+
+def _genome(levels: list[int]) -> Genome:
+    return tuple(int(level) for level in levels)
+
+
+def _check_cached(state: SearchState) -> None:
+    members = [g for island in state.populations for g in island] + list(state.hall_of_fame)
+    missing = [g for g in members if g not in state.cache]
+    if missing:
+        raise CheckpointError(f"search state lists genome {missing[0]} without a fitness; start a new run")
+    # A budget edited by hand, or a library rebuilt with another grid, would otherwise fail generations later.
+    misfits = [g for g in state.cache if not _fits(g, state.budget)]
+    if misfits:
+        raise CheckpointError(f"search state genome {misfits[0]} does not fit its budget; start a new run")
+
+
+def _fits(genome: Genome, budget: Budget) -> bool:
+    levels_ok = len(genome) == budget.num_stages and all(0 <= level <= budget.max_level for level in genome)
+    return levels_ok and budget.feasible(genome)
