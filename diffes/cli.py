@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="print a pruning library's levels with MACs, params and latency")
     inspect.add_argument("library")
     inspect.set_defaults(func=cmd_inspect)
+
+    from diffes.cli_search import add_search_commands
+
+    add_search_commands(sub)
     return parser
 
 

@@ -23,3 +23,14 @@ def random_zoo_pipe(request: pytest.FixtureRequest) -> ZooPipeline:
     pipe = ZooPipeline(sampling_scheduler(), **{kind: model})
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> object:
+    """One local Ray cluster for the whole session, with two declared (fake) GPUs: scheduling only,
+    torch still sees no CUDA, so GPU workers fall back to the CPU."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,7 @@ class Evaluator:
     stages: StageSchedule
     cache_mb: float = 256.0
     share_prefixes: bool = True
+    on_scored: Callable[[], None] | None = None  # progress: called after each genome is scored
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
     _memo: dict[Genome, float] = field(default_factory=dict)
     _cache: OrderedDict[Genome, _State] = field(default_factory=OrderedDict)
@@ -84,6 +85,8 @@ class Evaluator:
         for genome in todo:  # sorted, so neighbours share prefixes and plans
             self._memo[genome] = self._score(genome)
             self.stats.genomes += 1
+            if self.on_scored is not None:
+                self.on_scored()
         return [self._memo[g] for g in wanted]
 
     def distances(self, genome: Sequence[int]) -> torch.Tensor:

@@ -82,7 +82,7 @@ class ZooPipeline(DiffusionPipeline):  # type: ignore[misc]
             raise ConfigError("steps", num_inference_steps, "use at least 1 sampling step")
         if len(class_labels) == 0:
             raise ConfigError("classes", class_labels, "ask for at least one class")
-        bad = [c for c in class_labels if not 0 <= int(c) < self.num_classes]
+        bad = sorted({int(c) for c in class_labels if not 0 <= int(c) < self.num_classes})
         if bad:
             raise ConfigError("classes", bad, f"classes must lie in 0-{self.num_classes - 1}")
         if guidance_scale < 0:

@@ -117,7 +117,7 @@ def load_model(name: str, path: str | os.PathLike[str] | None = None) -> torch.n
             f"train it with `python scripts/train_zoo.py {name}` or reinstall diffes"
         )
     cls = {"transformer": DiTTransformer2DModel, "unet": UNet2DModel, "classifier": DigitClassifier}[entry.kind]
-    model = cls.from_pretrained(folder, torch_dtype=torch.float32)
+    model = cls.from_pretrained(folder, torch_dtype=torch.float32, low_cpu_mem_usage=False)
     return model.eval().requires_grad_(False)
 
 

@@ -217,7 +217,8 @@ class PruningLibrary:
         tensors.update({f"depth/{s}": t for s, t in enumerate(self.depth_scores)})
         tensors.update({f"consumers/{k}": t for k, t in self.consumers.items()})
         write_tensors(folder / "scores.safetensors", tensors)
-        grams = {f"{s}/{c}": t.float() for s, d in enumerate(self.grams) for c, t in d.items()}
+        # float64 on disk too: compensation from a loaded library must equal the in-memory one exactly
+        grams = {f"{s}/{c}": t.double() for s, d in enumerate(self.grams) for c, t in d.items()}
         if grams:
             write_tensors(folder / "grams.safetensors", grams)
         write_json(folder / "library.json", meta)  # written last: its presence marks a complete library

@@ -1,0 +1,141 @@
+"""``diffes search | resume | status | export``: flags are generated from RunConfig, so they match config keys."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from diffes.errors import ConfigError
+
+__all__ = ["add_search_commands"]
+
+HELP = {
+    "name": "run name (default: run-<date>-<time>)",
+    "runs_dir": "folder that holds the runs",
+    "model": "zoo model name or a saved ZooPipeline folder",
+    "budget": "mean cost per step as a fraction of dense (e.g. 0.5)",
+    "cost": "budget measure: macs, or latency (measured per level on this device)",
+    "algorithm": "ga, nsga2 (Pareto front over budgets) or islands",
+    "population": "survivors per generation (mu), per island",
+    "offspring": "children per generation (lambda), per island",
+    "stages": "stages of the trajectory (one level each)",
+    "steps": "sampling steps of the search trajectory",
+    "levels": "sparsity levels, e.g. 0,0.1,...,0.7 or heads:8,6,4,2",
+    "importance": "magnitude, taylor or activation",
+    "probes": "fitness probes per class",
+    "metric": "fitness metric: classifier, lpips, lpips-vgg, clip, ssim, psnr, mse",
+    "lpips_weights": "a full LPIPS state dict, for clusters without internet",
+    "clip_weights": "a local transformers CLIP folder",
+    "executor": "local (in-process) or ray",
+    "address": "Ray cluster address (default: RAY_ADDRESS, a running cluster, or a new local one)",
+    "workers": "Ray workers (default: one per GPU, else one per CPU)",
+    "gpus_per_worker": "GPUs per Ray worker (default: 1 where the cluster has GPUs)",
+    "export": "export the best schedule as a routed checkpoint at the end",
+}
+
+
+def _flag_type(hint: Any) -> Any:
+    if get_origin(hint) in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    return hint
+
+
+def add_search_commands(sub: Any) -> None:
+    from diffes.runs.config import RunConfig
+
+    search = sub.add_parser("search", help="evolve per-stage sparsity under a compute budget (the main job)")
+    search.add_argument("--config", default=None, help="TOML or YAML file; its keys are these flags' names")
+    hints = get_type_hints(RunConfig)
+    for field in dataclasses.fields(RunConfig):
+        kind = _flag_type(hints[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        kw: dict[str, Any] = {
+            "default": None,
+            "dest": field.name,
+            "help": HELP.get(field.name, field.name.replace("_", " ")),
+        }
+        if kind is bool:
+            search.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            search.add_argument(flag, type=kind, metavar=field.name.upper(), **kw)
+    search.add_argument("--quiet", action="store_true", help="no progress bars")
+    search.set_defaults(func=cmd_search)
+
+    resume = sub.add_parser("resume", help="continue a run from its last complete generation")
+    resume.add_argument("run")
+    resume.add_argument("--generations", type=int, default=None, help="run to this many generations instead")
+    resume.add_argument("--quiet", action="store_true")
+    resume.set_defaults(func=cmd_resume)
+
+    status = sub.add_parser("status", help="print a run's progress and best schedule so far")
+    status.add_argument("run")
+    status.set_defaults(func=cmd_status)
+
+    export = sub.add_parser("export", help="write a routed checkpoint of a run's best schedule")
+    export.add_argument("run")
+    export.add_argument("--out", required=True, help="output folder (must not exist)")
+    export.add_argument("--budget", type=float, default=None, help="the best schedule within this cost (Pareto point)")
+    export.set_defaults(func=cmd_export)
+
+
+def _run_config(args: argparse.Namespace) -> Any:
+    from diffes.runs.config import RunConfig, load_config_file
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update(
+        {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name) is not None}
+    )
+    return RunConfig.from_dict(values)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from diffes.runs import start_run
+
+    result = start_run(_run_config(args), progress=not args.quiet)
+    print_result(result)
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    from diffes.runs import resume_run
+
+    print_result(resume_run(args.run, generations=args.generations, progress=not args.quiet))
+
+
+def print_result(result: Any) -> None:
+    b = result.best
+    print(f"run:      {result.run.path}")
+    print(f"best:     {b['genome']}  cost {b['cost']:.3f} of dense MACs  fitness {b['distance']:.5f}")
+    u = b["uniform"]
+    print(f"uniform:  {u['genome']}  cost {u['cost']:.3f} of dense MACs  fitness {u['distance']:.5f}")
+    if result.export:
+        print(f"export:   {result.export}  (sample: diffes generate --routed {result.export} -o grid.png)")
+    print(f"samples:  {b['samples']}  (dense | best | uniform, same noise)")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from diffes.runs import RunDir
+    from diffes.search import SearchState, best
+
+    run = RunDir.open(args.run)
+    config = run.config()
+    checkpoint = run.latest_checkpoint()
+    print(f"run {run.path}: model={config.model} budget={config.budget} algorithm={config.algorithm}")
+    if checkpoint is None:
+        print("no generation finished yet (preparing the library and teacher)")
+        return
+    state = SearchState.from_json(checkpoint["search"])
+    genome, distance, cost = best(state)
+    done = "finished" if run.best() is not None and state.generation >= config.generations else "in progress"
+    print(f"generation {state.generation}/{config.generations} ({done}), {len(state.cache)} schedules evaluated")
+    print(f"best so far: {list(genome)}  cost {cost:.3f}  fitness {distance:.5f}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from diffes.runs import RunDir, export_run
+
+    if args.budget is not None and not 0 < args.budget <= 1:
+        raise ConfigError("budget", args.budget, "use a fraction of the dense cost in (0, 1]")
+    path = export_run(RunDir.open(args.run), out=args.out, budget=args.budget)
+    print(f"wrote {path}")

@@ -1,0 +1,50 @@
+"""Export a run's best schedule (or the Pareto point for a budget) as a routed checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from diffes.errors import CheckpointError, ConfigError
+from diffes.models.loading import load_pipeline
+from diffes.pruning.library import PruningLibrary
+from diffes.routing import RoutingSchedule, export_routed
+from diffes.runs.rundir import RunDir
+from diffes.search import SearchState, best, pareto_front
+
+__all__ = ["export_run", "choose_genome"]
+
+
+def choose_genome(state: SearchState, budget: float | None = None) -> tuple[tuple[int, ...], float, float]:
+    """The best genome, or with ``budget`` the best evaluated genome whose cost fits it (a Pareto point)."""
+    if budget is None:
+        return best(state)
+    fitting = [p for p in pareto_front(state) if p[2] <= budget + 1e-9]
+    if not fitting:
+        cheapest = min(p[2] for p in pareto_front(state))
+        fix = f"no evaluated schedule costs that little; the cheapest costs {cheapest:.4f}"
+        raise ConfigError("budget", budget, fix)
+    return min(fitting, key=lambda p: (p[1], p[2]))
+
+
+def export_run(run: RunDir, out: str | os.PathLike[str] | None = None, budget: float | None = None) -> Path:
+    config = run.config()
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise CheckpointError(f"run={str(run.path)!r}: no generation finished yet; nothing to export")
+    state = SearchState.from_json(checkpoint["search"])
+    genome, distance, cost = choose_genome(state, budget)
+    library = PruningLibrary.load(run.library_dir)
+    pipe = load_pipeline(config.model, device="cpu")
+    pipe.scheduler.set_timesteps(config.steps)
+    schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, genome)
+    extra = {"run": str(run.path), "generation": state.generation, "distance": distance, "budget_cost": cost}
+    if out is not None:
+        return export_routed(out, pipe, library, schedule, extra=extra)
+    # the run's own export is replaced whole: write beside it, then swap
+    fresh = export_routed(run.path / "export.new", pipe, library, schedule, extra=extra)
+    if run.export_dir.exists():
+        shutil.rmtree(run.export_dir)
+    os.replace(fresh, run.export_dir)
+    return run.export_dir

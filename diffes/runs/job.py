@@ -1,0 +1,201 @@
+"""The search job: prepare the run, evolve generation by generation with a checkpoint after each, finish.
+
+A run killed at any moment resumes from its last complete generation and ends exactly where an
+uninterrupted run ends: the search state, the RNG states and the evaluator are all deterministic.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from diffes.errors import CheckpointError, DiffesError
+from diffes.pruning.library import PruningLibrary
+from diffes.runs.config import RunConfig
+from diffes.runs.context import local_context, prepare
+from diffes.runs.export import export_run
+from diffes.runs.rng import capture_rng, restore_rng, seed_all
+from diffes.runs.rundir import RunDir
+from diffes.runs.samples import sample_schedules, save_side_by_side
+from diffes.search import Budget, SearchState, best, init_search, make_toolbox, next_generation, pareto_front
+from diffes.search.executors import Executor, LocalExecutor, RayExecutor, connect_ray
+
+__all__ = ["SearchResult", "start_run", "resume_run", "make_budget", "uniform_genome"]
+
+
+@dataclass
+class SearchResult:
+    run: RunDir
+    best: dict[str, Any]
+    export: Path | None
+
+
+class GenerationBar:
+    """A progress bar per generation: evaluations done, ETA, best fitness so far."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self.label, self.best = enabled, "", float("nan")
+        self._bar: Any = None
+
+    def start(self, total: int) -> None:
+        if self.enabled:
+            self._bar = tqdm(total=total, desc=self.label, unit="eval", leave=True)
+            self._bar.set_postfix(best=f"{self.best:.5f}", refresh=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def make_budget(config: RunConfig, library: PruningLibrary) -> Budget:
+    weights = [n / library.schedule.num_steps for n in library.schedule.stage_lengths()]
+    costs = [library.stage_cost([lv] * library.num_stages, config.cost) for lv in range(library.num_levels)]
+    return config.search_config().make_budget(weights, costs)
+
+
+def uniform_genome(budget: Budget) -> tuple[int, ...]:
+    """The same level in every stage: the densest one that fits the budget."""
+    n = budget.num_stages
+    return next((lv,) * n for lv in range(budget.num_levels) if budget.feasible((lv,) * n))
+
+
+def start_run(config: RunConfig, progress: bool = True) -> SearchResult:
+    run = RunDir.create(config.with_name())
+    try:
+        return _run(run, run.config(), progress)
+    except DiffesError:
+        if not run.generations():  # a mistake found while preparing: leave nothing behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def resume_run(path: str, generations: int | None = None, progress: bool = True) -> SearchResult:
+    run = RunDir.open(path)
+    config = run.config()
+    if generations is not None and generations != config.generations:
+        config = replace(config, generations=generations)
+        from diffes.io import write_json
+
+        write_json(run.config_file, config.to_dict())
+    return _run(run, config, progress)
+
+
+def _executor(run: RunDir, config: RunConfig, bar: GenerationBar) -> tuple[Executor, Any]:
+    if config.executor == "local":
+        context = local_context(run, config, progress=bar.enabled)
+        context.evaluator.on_scored = bar.advance
+        return LocalExecutor(progress=_StartFinish(bar)), context.evaluator.evaluate
+    connect_ray(config.address)  # an unreachable cluster fails here, before any expensive work
+    prepare(run, config, progress=bar.enabled)  # workers load these files; build them once, here
+    from diffes.runs.worker import worker_evaluator
+
+    # one torch thread per worker: a worker is one CPU slot (or drives one GPU)
+    args = (str(run.path.resolve()), 1)
+    executor = RayExecutor(worker_evaluator, args, config.workers, config.gpus_per_worker, progress=bar)
+    return executor, _remote_only
+
+
+def _remote_only(genomes: list[tuple[int, ...]]) -> list[float]:
+    raise RuntimeError("evaluation runs on the Ray workers")
+
+
+class _StartFinish:
+    """The local evaluator reports each genome itself; the executor only opens and closes the bar."""
+
+    def __init__(self, bar: GenerationBar) -> None:
+        self.bar = bar
+
+    def start(self, total: int) -> None:
+        self.bar.start(total)
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.bar.finish()
+
+
+def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
+    seed_all(config.seed)
+    bar = GenerationBar(progress)
+    executor, evaluate = _executor(run, config, bar)
+    try:
+        library = PruningLibrary.load(run.library_dir)
+        budget = make_budget(config, library)
+        toolbox = make_toolbox(config.search_config(), budget, evaluate, executor.map)
+        state = _initial_state(run, config, budget, toolbox, bar)
+        while state.generation < config.generations:
+            bar.label, bar.best = f"gen {state.generation + 1}/{config.generations}", best(state)[1]
+            state = next_generation(state, toolbox)
+            _checkpoint(run, state, executor)
+        summary = _summary(state, budget, library, toolbox)
+        run.write_best(summary)
+    finally:
+        executor.close()
+    exported = export_run(run) if config.export else None
+    if exported is not None:
+        summary["export"] = str(exported)
+    summary["samples"] = str(write_samples(run, summary))
+    run.write_best(summary)
+    return SearchResult(run, summary, exported)
+
+
+def write_samples(run: RunDir, summary: dict[str, Any]) -> Path:
+    """samples.png: dense | best schedule | uniform schedule at the same budget, same noise."""
+    per_class = 4
+    genomes = {"dense": None, "best": summary["genome"], "uniform": summary["uniform"]["genome"]}
+    images = sample_schedules(run, genomes, per_class=per_class)
+    return save_side_by_side(images, run.path / "samples.png", rows=len(images["dense"]) // per_class)
+
+
+def _initial_state(run: RunDir, config: RunConfig, budget: Budget, toolbox: Any, bar: GenerationBar) -> SearchState:
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        bar.label = f"gen 0/{config.generations}"
+        state = init_search(config.search_config(), budget, toolbox)
+        _checkpoint(run, state)
+        return state
+    state = SearchState.from_json(checkpoint["search"])
+    if state.budget != budget or state.config != replace(config.search_config(), generations=state.config.generations):
+        raise CheckpointError(f"{run.path}: the checkpoint does not match the run's config or library; start a new run")
+    restore_rng(checkpoint["rng"])
+    if state.config.generations != config.generations:
+        state = replace(state, config=config.search_config())
+    return state
+
+
+def _checkpoint(run: RunDir, state: SearchState, executor: Any = None) -> None:
+    restarts = getattr(executor, "restarts", 0)
+    run.write_checkpoint(
+        state.generation, {"search": state.to_json(), "rng": capture_rng(), "worker_restarts": restarts}
+    )
+    run.write_logbook(list(state.logbook))
+
+
+def _summary(state: SearchState, budget: Budget, library: PruningLibrary, toolbox: Any) -> dict[str, Any]:
+    genome, distance, cost = best(state)
+    uniform = uniform_genome(budget)
+    known = state.cache.get(uniform)
+    uniform_distance = known if known is not None else toolbox.map(toolbox.evaluate, [uniform])[0]
+    point = lambda g, d: {"genome": list(g), "distance": d, "cost": budget.cost(g)}  # noqa: E731
+    return {
+        "generation": state.generation,
+        "budget": budget.fraction,
+        "genome": list(genome),
+        "distance": distance,
+        "cost": cost,
+        "macs_fraction": library.stage_cost(genome),
+        "uniform": point(uniform, uniform_distance),
+        "hall_of_fame": [point(g, state.cache[g]) for g in state.hall_of_fame],
+        "pareto": [point(g, d) for g, d, _ in pareto_front(state)] if state.config.algorithm == "nsga2" else [],
+        "evaluations": len(state.cache),
+    }

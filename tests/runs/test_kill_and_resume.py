@@ -1,0 +1,54 @@
+"""A `diffes search` killed with SIGKILL and resumed ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from cli_helpers import TINY, diffes, outcome, start, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    runs = tmp_path_factory.mktemp("runs")
+    diffes("search", "--runs-dir", str(runs), "--name", "ref", *TINY)
+    return outcome(runs / "ref")
+
+
+def kill_then_resume(runs: Path, name: str, marker: str) -> Path:
+    proc = start("search", "--runs-dir", str(runs), "--name", name, *TINY)
+    wait_for(runs / name / marker, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (runs / name / "best.json").exists(), "killed too late: the run had already finished"
+    diffes("resume", str(runs / name))
+    return runs / name
+
+
+def test_killed_while_preparing(tmp_path: Path, reference: dict) -> None:
+    run = kill_then_resume(tmp_path, "early", "config.json")
+    assert outcome(run) == reference
+
+
+def test_killed_mid_search(tmp_path: Path, reference: dict) -> None:
+    run = kill_then_resume(tmp_path, "mid", "checkpoints/gen_0002.json")
+    assert outcome(run) == reference
+    assert not list(run.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_status_and_export_of_a_finished_run(tmp_path: Path) -> None:
+    diffes("search", "--runs-dir", str(tmp_path), "--name", "done", *TINY)
+    status = diffes("status", str(tmp_path / "done")).stdout
+    assert "generation 4/4 (finished)" in status and "best so far" in status
+    out = diffes("export", str(tmp_path / "done"), "--out", str(tmp_path / "exp")).stdout
+    assert "wrote" in out
+    routing = json.loads((tmp_path / "exp" / "routing.json").read_text())
+    best = json.loads((tmp_path / "done" / "best.json").read_text())
+    assert routing["levels"] == best["genome"]
+    grid = tmp_path / "grid.png"
+    diffes("generate", "--routed", str(tmp_path / "exp"), "--steps", "6", "--per-class", "1", "-o", str(grid))
+    assert grid.stat().st_size > 500
