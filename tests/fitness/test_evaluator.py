@@ -66,7 +66,7 @@ def test_memo_and_order_independence(setup: tuple) -> None:
 
 
 def test_cache_is_bounded(setup: tuple) -> None:
-    pipe, library, teacher, router = setup
+    teacher = setup[2]
     one_entry_mb = teacher.probes.latents.numel() * 4 / 2**20
     evaluator = make(setup, cache_mb=2.5 * one_entry_mb)
     evaluator.evaluate(population(3))
