@@ -33,6 +33,21 @@ HELP = {
     "workers": "Ray workers (default: one per GPU, else one per CPU)",
     "gpus_per_worker": "GPUs per Ray worker (default: 1 where the cluster has GPUs)",
     "export": "export the best schedule as a routed checkpoint at the end",
+    "device": "cpu, cuda, cuda:1 (default: cuda if present) for the local executor",
+    "generations": "generations after the initial population",
+    "cxpb": "probability that a child comes from crossover",
+    "mutpb": "probability that a child comes from mutation",
+    "islands": "populations in islands mode (ring migration)",
+    "migration_interval": "generations between migrations (islands mode)",
+    "hall_of_fame": "best schedules kept in the hall of fame",
+    "seed": "seed of every random draw of the run",
+    "axis": "width (heads, MLP units, channels) or depth (whole transformer blocks)",
+    "nested": "one unit order per layer for all stages: zero-copy routing",
+    "compensate": "least-squares refit of the layers that consume pruned units",
+    "calibration_probes": "samples of the dense trajectory used to calibrate the library",
+    "probe_seed": "seed of the probes' initial noise",
+    "guidance": "classifier-free guidance scale",
+    "cache_mb": "bound of the evaluator's stage-boundary latent cache",
 }
 
 

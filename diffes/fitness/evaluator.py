@@ -144,3 +144,8 @@ class Evaluator:
 
     def cached_prefixes(self) -> int:
         return len(self._cache)
+
+    def clear_cache(self) -> None:
+        """Forget cached stage-boundary latents (memoized scores stay)."""
+        self._cache.clear()
+        self._cache_bytes = 0

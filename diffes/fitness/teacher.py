@@ -70,7 +70,10 @@ class Teacher:
         meta = {"seed": str(self.probes.seed), "steps": str(self.steps), "guidance_scale": str(self.guidance_scale)}
         tensors = {"labels": self.probes.labels, "latents": self.probes.latents, "images": self.images}
         write_tensors(path, tensors, metadata=meta)
-        write_json(path.with_suffix(".json"), {k: float(v) for k, v in meta.items()})
+        write_json(
+            path.with_suffix(".json"),
+            {"seed": self.probes.seed, "steps": self.steps, "guidance_scale": self.guidance_scale},
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Teacher:

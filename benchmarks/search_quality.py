@@ -1,0 +1,229 @@
+"""Head-to-head at 70%, 50% and 35% of dense MACs on the built-in DiT: dense, uniform, a MosaicDiff-style
+slow-fast-slow heuristic, random search with as many evaluations as the evolutionary search, diffes (GA per
+budget), and one NSGA-II run for all budgets. Every schedule is judged on held-out probes (8x the search's,
+other seeds): distance to the teacher, class accuracy, Frechet distance on classifier features, and the
+measured wall-clock speedup of routed sampling.
+
+    python -m benchmarks.search_quality [--generations 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from benchmarks.common import save
+from diffes.fitness import class_accuracy, classifier_features, frechet_distance, get_metric
+from diffes.fitness.evaluator import Evaluator
+from diffes.fitness.teacher import Teacher, make_probes
+from diffes.models.loading import fast_cpu_math
+from diffes.runs.config import RunConfig
+from diffes.runs.context import RunContext, load_context, prepare
+from diffes.runs.job import make_budget, uniform_genome
+from diffes.runs.rundir import RunDir
+from diffes.search import Budget, best, init_search, make_toolbox, next_generation, pareto_front
+from diffes.search.operators import fill_budget
+
+Genome = tuple[int, ...]
+BUDGETS = (0.7, 0.5, 0.35)
+
+
+def fresh_evaluator(ctx: RunContext) -> Evaluator:
+    """Its own memo and cache, sharing the model and router: each search pays for its own evaluations."""
+    e = ctx.evaluator
+    return Evaluator(e.pipe, e.router, e.teacher, e.metric, e.stages, cache_mb=e.cache_mb)
+
+
+def run_search(ctx: RunContext, config: RunConfig, budget: Budget) -> dict[str, Any]:
+    evaluator = fresh_evaluator(ctx)
+    start = time.perf_counter()
+    toolbox = make_toolbox(config.search_config(), budget, evaluator.evaluate)
+    state = init_search(config.search_config(), budget, toolbox)
+    while state.generation < config.generations:
+        state = next_generation(state, toolbox)
+    seconds = time.perf_counter() - start
+    return {"state": state, "seconds": seconds, "calls": evaluator.stats.denoiser_calls, "evals": len(state.cache)}
+
+
+def random_search(ctx: RunContext, budget: Budget, evaluations: int, seed: int) -> dict[str, Any]:
+    """Random levels, filled up to the budget (as the search's own operators do), scored alike."""
+    evaluator, rng = fresh_evaluator(ctx), random.Random(seed)
+    genomes: list[Genome] = []
+    for _ in range(50 * evaluations):
+        g = fill_budget([rng.randrange(budget.num_levels) for _ in range(budget.num_stages)], budget, rng)
+        if g not in genomes:
+            genomes.append(g)
+        if len(genomes) == evaluations:
+            break
+    start = time.perf_counter()
+    scores = evaluator.evaluate(genomes)
+    seconds = time.perf_counter() - start
+    i = min(range(len(genomes)), key=lambda k: scores[k])
+    return {"genome": genomes[i], "fitness": scores[i], "seconds": seconds, "calls": evaluator.stats.denoiser_calls}
+
+
+@torch.no_grad()
+def stage_speeds(ctx: RunContext) -> list[float]:
+    """How fast the dense trajectory moves in each stage: mean latent change per step."""
+    ctx.router.reset()
+    pipe, stages = ctx.pipe, ctx.library.schedule
+    pipe.scheduler.set_timesteps(stages.num_steps)
+    latents, labels = ctx.teacher.probes.latents.clone(), ctx.teacher.probes.labels
+    moves = []
+    for t in pipe.scheduler.timesteps:
+        noise = pipe.predict_noise(latents, t, labels, ctx.teacher.guidance_scale)
+        new = pipe.scheduler.step(noise, t, latents).prev_sample
+        moves.append(float((new - latents).norm() / latents.numel() ** 0.5))
+        latents = new
+    return [statistics.mean(moves[i] for i in stages.steps_of(s)) for s in range(stages.num_stages)]
+
+
+def slow_fast_slow(speeds: list[float], budget: Budget) -> Genome:
+    """MosaicDiff's rule on three stages: less sparsity where the trajectory changes fastest."""
+    n = len(speeds)
+    thirds = [range(0, n // 3), range(n // 3, n - n // 3), range(n - n // 3, n)]
+    pace = [statistics.mean(speeds[i] for i in part) for part in thirds]
+    order = sorted(range(3), key=lambda k: -pace[k])  # fastest first: it gets the densest level
+    best_genome, best_key = None, None
+    top = budget.max_level
+    for a in range(top + 1):
+        for b in range(a, top + 1):
+            for c in range(b, top + 1):
+                levels = [0, 0, 0]
+                levels[order[0]], levels[order[1]], levels[order[2]] = a, b, c
+                genome = tuple(levels[k] for k, part in enumerate(thirds) for _ in part)
+                if budget.feasible(genome):
+                    key = (budget.cost(genome), -(c - a))
+                    if best_key is None or key > best_key:
+                        best_genome, best_key = genome, key
+    assert best_genome is not None
+    return best_genome
+
+
+@torch.no_grad()
+def held_out(ctx: RunContext, heldout: Evaluator, genome: Genome, teacher_feats: torch.Tensor) -> dict[str, float]:
+    images = heldout.sample(genome)
+    labels = heldout.teacher.probes.labels
+    return {
+        "distance": float(heldout.metric(images, heldout.teacher.images).mean()),
+        "accuracy": class_accuracy(images, labels),
+        "frechet": frechet_distance(classifier_features(images), teacher_feats),
+        "speedup": measured_speedup(heldout, genome),
+    }
+
+
+def measured_speedup(heldout: Evaluator, genome: Genome, repeats: int = 3) -> float:
+    def timed(g: Genome) -> float:
+        runs = []
+        for _ in range(repeats):
+            heldout.clear_cache()  # time a full trajectory, not a cache hit
+            start = time.perf_counter()
+            heldout.sample(g)
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    dense = (0,) * len(genome)
+    return timed(dense) / timed(genome)
+
+
+def evals_to_beat(state: Any, target: float) -> int | None:
+    """How many evaluations the GA needed before its best beat ``target`` (cache order = evaluation order)."""
+    running = float("inf")
+    for i, score in enumerate(state.cache.values(), start=1):
+        running = min(running, score)
+        if running < target:
+            return i
+    return None
+
+
+def main(args: argparse.Namespace) -> None:
+    fast_cpu_math()
+    torch.set_num_threads(args.threads)
+    config = RunConfig(name="quality", runs_dir=tempfile.mkdtemp(), generations=args.generations, export=False)
+    run = RunDir.create(config)
+    prepare(run, config, progress=False)
+    ctx = load_context(str(run.path))
+    ctx.router.reset()
+    probes = make_probes(ctx.pipe, per_class=args.heldout_per_class, seed=1000)
+    teacher = Teacher.compute(ctx.pipe, probes, config.steps, config.guidance)
+    heldout = Evaluator(ctx.pipe, ctx.router, teacher, get_metric(config.metric), ctx.library.schedule)
+    teacher_feats = classifier_features(teacher.images)
+    speeds = stage_speeds(ctx)
+    results: dict[str, Any] = {"dense": {"accuracy": class_accuracy(teacher.images, probes.labels)}}
+    nsga_config = replace(config, algorithm="nsga2", budget=max(BUDGETS))
+    nsga = run_search(ctx, nsga_config, make_budget(nsga_config, ctx.library))
+    for fraction in BUDGETS:
+        cfg = replace(config, budget=fraction)
+        budget = make_budget(cfg, ctx.library)
+        ga = run_search(ctx, cfg, budget)
+        rnd = random_search(ctx, budget, ga["evals"], seed=args.seed)
+        front = [p for p in pareto_front(nsga["state"]) if p[2] <= fraction + 1e-9]
+        schedules = {
+            "uniform": uniform_genome(budget),
+            "slow-fast-slow": slow_fast_slow(speeds, budget),
+            "random search": rnd["genome"],
+            "diffes GA": best(ga["state"])[0],
+            "diffes NSGA-II": min(front, key=lambda p: p[1])[0] if front else None,
+        }
+        row: dict[str, Any] = {}
+        for name, genome in schedules.items():
+            if genome is None:
+                continue
+            row[name] = {"genome": list(genome), "macs": ctx.library.stage_cost(genome)}
+            row[name].update(held_out(ctx, heldout, genome, teacher_feats))
+        row["diffes GA"].update(
+            search_seconds=ga["seconds"], search_calls=ga["calls"], evaluations=ga["evals"],
+            evals_to_beat_random=evals_to_beat(ga["state"], rnd["fitness"]),
+        )  # fmt: skip
+        row["random search"].update(search_seconds=rnd["seconds"], search_calls=rnd["calls"], evaluations=ga["evals"])
+        results[str(fraction)] = row
+        print(fraction, {k: round(v["distance"], 5) for k, v in row.items()}, flush=True)
+    results["nsga2_search"] = {"seconds": nsga["seconds"], "calls": nsga["calls"], "evaluations": nsga["evals"]}
+    save("search_quality", {"config": config.to_dict(), "speeds": speeds, "results": results}, report(results))
+
+
+def report(results: dict[str, Any]) -> str:
+    dense_acc = results["dense"]["accuracy"]
+    lines = [
+        "| budget | method | MACs | held-out distance | class accuracy | Frechet (classifier) | speedup (measured) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    verdicts = []
+    for fraction in BUDGETS:
+        row = results[str(fraction)]
+        lines.append(f"| {fraction:.0%} | dense | 100% | 0 | {dense_acc:.1%} | 0 | 1.00x |")
+        for name, r in row.items():
+            lines.append(
+                f"| {fraction:.0%} | {name} | {r['macs']:.0%} | {r['distance']:.5f} | {r['accuracy']:.1%} | "
+                f"{r['frechet']:.3f} | {r['speedup']:.2f}x |"
+            )
+        baseline = min(r["distance"] for n, r in row.items() if not n.startswith("diffes"))
+        ours = row["diffes GA"]["distance"]
+        ratio = ours / baseline if baseline > 0 else float("inf")
+        verdicts.append(
+            f"- {fraction:.0%}: diffes GA / best baseline distance = {ratio:.2f} (goal <= 0.80: "
+            f"{'met' if ratio <= 0.8 else 'NOT met'}); diffes needed {row['diffes GA']['evals_to_beat_random']} of "
+            f"{row['diffes GA']['evaluations']} evaluations to beat random search's final best"
+        )
+    acc50 = results["0.5"]["diffes GA"]["accuracy"]
+    verdicts.append(
+        f"- 50%: class accuracy {acc50:.1%} vs dense {dense_acc:.1%} (goal within 2 points: "
+        f"{'met' if dense_acc - acc50 <= 0.02 else 'NOT met'})"
+    )
+    return "\n".join([*lines, "", *verdicts])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--generations", type=int, default=20)
+    parser.add_argument("--heldout-per-class", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    main(parser.parse_args())

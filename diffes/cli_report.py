@@ -1,0 +1,30 @@
+"""``diffes report runs/<name>``: an HTML page with the run's progress, best schedule, costs and samples."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_report_command", "cmd_report"]
+
+
+def add_report_command(sub: Any) -> None:
+    report = sub.add_parser("report", help="write an HTML report of a run: progress, schedule, costs, samples")
+    report.add_argument("run", help="the run directory (runs/<name>)")
+    report.add_argument("--out", default=None, help="output folder (default: <run>/report)")
+    report.add_argument(
+        "--per-class", type=int, default=4, help="samples per class in each sample grid (0: no sample grids)"
+    )
+    report.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from diffes.runs.report import write_report
+    from diffes.runs.rundir import RunDir
+
+    run = RunDir.open(args.run)
+    out = Path(args.out) if args.out else run.path / "report"
+    path = write_report(run, out, per_class=args.per_class)
+    print(f"wrote {path}  (open it in a browser: file://{path.resolve()})")
