@@ -4,11 +4,11 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import diffes` does, before torch starts its threads
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from diffes.models.pipeline import ZooPipeline  # noqa: E402
-from diffes.models.zoo import build_model, sampling_scheduler  # noqa: E402
+from diffes.models.pipeline import ZooPipeline
+from diffes.models.zoo import build_model, sampling_scheduler
 
 
 @pytest.fixture(autouse=True)
