@@ -1,0 +1,84 @@
+"""Routed checkpoints: export, load into an ordinary pipeline, identical images; refusals that say why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import zoo_pipeline
+
+from diffes.errors import CheckpointError, ConfigError
+from diffes.pruning import PruningConfig, build_library
+from diffes.routing import RoutingSchedule, apply, export_routed, load_routed
+
+LEVELS = [7, 5, 2]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
+    torch.set_flush_denormal(True)
+    pipe = zoo_pipeline("dit-digits", trained=True)
+    library = build_library(pipe, PruningConfig(stages=3, steps=6, probes=8), progress=False)
+    pipe.scheduler.set_timesteps(6)
+    schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, LEVELS)
+    out = export_routed(tmp_path_factory.mktemp("x") / "routed", pipe, library, schedule)
+    handle = apply(pipe, library, schedule)
+    images = sample(pipe)
+    handle.remove()
+    return out, images
+
+
+def sample(pipe: object) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(11)
+    return pipe([0, 3, 8], num_inference_steps=6, generator=gen, output_type="pt").images  # type: ignore[operator]
+
+
+def copy_of(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_round_trip_gives_identical_images(exported: tuple[Path, torch.Tensor]) -> None:
+    folder, images = exported
+    meta = json.loads((folder / "routing.json").read_text())
+    assert meta["levels"] == LEVELS and len(meta["edges"]) == 2 and meta["schema"] == 1
+    assert 0 < meta["cost"]["macs_fraction"] < 1
+    assert (folder / "pipeline" / "model_index.json").is_file()
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pkl"))
+    assert torch.equal(sample(load_routed(folder)), images)
+
+
+def test_export_refuses_a_non_empty_folder(exported: tuple[Path, torch.Tensor]) -> None:
+    folder, _ = exported
+    with pytest.raises(ConfigError, match="not empty"):
+        export_routed(folder, None, None, None)  # type: ignore[arg-type]
+
+
+def test_tampered_plan(exported: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    folder = copy_of(exported[0], tmp_path / "t")
+    plans = folder / "library" / "plans.safetensors"
+    data = bytearray(plans.read_bytes())
+    data[-5] ^= 0xFF
+    plans.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="plans.safetensors does not match its hash"):
+        load_routed(folder)
+
+
+def test_newer_schema(exported: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    folder = copy_of(exported[0], tmp_path / "s")
+    meta = json.loads((folder / "routing.json").read_text())
+    (folder / "routing.json").write_text(json.dumps({**meta, "schema": 99}))
+    with pytest.raises(CheckpointError, match="schema 99 is newer"):
+        load_routed(folder)
+
+
+def test_different_base_model(exported: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    other = zoo_pipeline("unet-digits", trained=True)
+    other.save_pretrained(tmp_path / "unet")
+    with pytest.raises(CheckpointError, match="config differs"):
+        load_routed(exported[0], base=tmp_path / "unet")
+    same = copy_of(exported[0] / "pipeline", tmp_path / "same-base")
+    assert torch.equal(sample(load_routed(exported[0], base=same)), exported[1])
