@@ -184,16 +184,22 @@ def markdown(payload: dict[str, Any]) -> str:
         other = ref["dense_other_noise"]
         lines.append(f"| {name} | - | - | dense | 1.00 | 1.00 | 0 | 0 | {100 * ref['dense_class_accuracy']:.0f}% |")
         lines.append(
-            f"| {name} | - | - | dense, other noise (scale) | 1.00 | 1.00 | {other['mse']:.4f} | "
+            f"| {name} | - | - | dense, other noise (for scale) | 1.00 | 1.00 | {other['mse']:.4f} | "
             f"{other['classifier_distance']:.3f} | {100 * other['class_accuracy']:.0f}% |"
         )
-    for r in payload["rows"]:
-        lines.append(
-            f"| {r['model']} | {r['importance']} | {'yes' if r['compensate'] else 'no'} | {r['level']} "
-            f"({100 * r['fraction']:.0f}%) | {r['macs_ratio']:.2f} | {r['latency_ratio']:.2f} | {r['mse']:.4f} | "
-            f"{r['classifier_distance']:.3f} | {100 * r['class_accuracy']:.0f}% |"
-        )
-    lines += ["", "Compensation at 30-50% width pruning (distance without / with compensation; class accuracy):", ""]
+        for r in (r for r in payload["rows"] if r["model"] == name):
+            lines.append(
+                f"| {r['model']} | {r['importance']} | {'yes' if r['compensate'] else 'no'} | {r['level']} "
+                f"({100 * r['fraction']:.0f}%) | {r['macs_ratio']:.2f} | {r['latency_ratio']:.2f} | {r['mse']:.4f} | "
+                f"{r['classifier_distance']:.3f} | {100 * r['class_accuracy']:.0f}% |"
+            )
+    gains = [x for g in payload["compensation_gains"] for x in g["classifier_distance_ratio"]]
+    lines += [
+        "",
+        "Compensation at 30-50% width pruning: distance without / with compensation, and class accuracy without -> "
+        + (f"with (classifier distance cut {min(gains):.1f}x to {max(gains):.1f}x):" if gains else "with:"),
+        "",
+    ]
     for g in payload["compensation_gains"]:
         per_level = "; ".join(
             f"level {lv}: classifier x{c:.1f}, MSE x{m:.1f}, accuracy {100 * a:.0f}% -> {100 * b:.0f}%"

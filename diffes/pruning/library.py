@@ -172,6 +172,11 @@ class PruningLibrary:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    def release_plans(self) -> None:
+        """Drop every plan held here (cached and pinned), once a router has prepared its own tables."""
+        self._cache.clear()
+        self.pinned.clear()
+
     def _compensate(self, plan: PrunePlan) -> None:
         for g in self.structure.groups:
             units = plan.kept_units.get(g.name)
@@ -217,8 +222,7 @@ class PruningLibrary:
         tensors.update({f"depth/{s}": t for s, t in enumerate(self.depth_scores)})
         tensors.update({f"consumers/{k}": t for k, t in self.consumers.items()})
         write_tensors(folder / "scores.safetensors", tensors)
-        # float64 on disk too: compensation from a loaded library must equal the in-memory one exactly
-        grams = {f"{s}/{c}": t.double() for s, d in enumerate(self.grams) for c, t in d.items()}
+        grams = {f"{s}/{c}": t.float() for s, d in enumerate(self.grams) for c, t in d.items()}
         if grams:
             write_tensors(folder / "grams.safetensors", grams)
         write_json(folder / "library.json", meta)  # written last: its presence marks a complete library
@@ -247,7 +251,7 @@ class PruningLibrary:
             grams = [{} for _ in range(schedule.num_stages)]
             for k, v in read_tensors(folder / "grams.safetensors").items():
                 s, c = k.split("/", 1)
-                grams[int(s)][c] = v.double()
+                grams[int(s)][c] = v
         library = cls(
             config,
             PrunableStructure.from_dict(meta["structure"]),
@@ -330,7 +334,8 @@ def build_library(
         if structure.blocks:
             depth.append(block_scores(model, structure.blocks, calib, stage))
         if config.compensate and stage_grams is not None:
-            grams.append(stage_grams)
+            # kept (and saved) in float32: a library read back from disk then compensates identically
+            grams.append({name: g.float() for name, g in stage_grams.items()})
     consumers = {}
     for name in consumer_names:
         module: Any = model.get_submodule(name)

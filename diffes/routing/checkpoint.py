@@ -25,6 +25,7 @@ from diffes.models.adapters import find_denoiser
 from diffes.models.loading import load_pipeline_folder, pick_device
 from diffes.pruning.library import PruningLibrary
 from diffes.routing.hook import RoutingSchedule, apply
+from diffes.routing.router import ROUTER_MARK
 
 __all__ = ["export_routed", "load_routed", "config_hash", "ROUTING_SCHEMA"]
 
@@ -60,8 +61,8 @@ def export_routed(
     if out.exists() and any(out.iterdir()):
         raise ConfigError("out", str(out), "the folder exists and is not empty; choose a new one")
     _, denoiser = find_denoiser(pipe)
-    if "_diffes_routing" in pipe.__dict__:
-        raise ConfigError("pipe", type(pipe).__name__, "export the dense pipeline, not a routed one")
+    if ROUTER_MARK in denoiser.__dict__:
+        raise ConfigError("pipe", type(pipe).__name__, "a router is attached: export the dense pipeline (remove() it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

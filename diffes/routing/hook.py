@@ -80,7 +80,8 @@ def apply(
 ) -> RoutedHandle:
     """Route ``pipe``'s denoiser by ``schedule`` during every ordinary ``pipe(...)`` call.
 
-    ``prepare`` builds every stage's routing table up front, so a switch during sampling only assigns tensors.
+    ``prepare`` builds every stage's routing table up front, so a switch during sampling only assigns tensors;
+    the library's own copies of the plans are then released (the router's tables hold what they need).
     """
     if any(not 0 <= lv < library.num_levels for lv in schedule.levels):
         raise ConfigError("levels", list(schedule.levels), f"levels must lie in 0..{library.num_levels - 1}")
@@ -92,5 +93,6 @@ def apply(
         for stage, level in enumerate(schedule.levels):
             router.set_level(stage, level)
         router.reset()
+        library.release_plans()
     hook = attach_hook(pipe, RoutingHook(router, schedule), HOOK_NAME)
     return RoutedHandle(router, schedule, hook)

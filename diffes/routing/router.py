@@ -25,10 +25,11 @@ from diffes.pruning.graph import PrunableStructure
 from diffes.pruning.library import PruningLibrary
 from diffes.pruning.plan import PrunePlan, prune_copy
 
-__all__ = ["Router", "MODES"]
+__all__ = ["Router", "MODES", "ROUTER_MARK"]
 
 MODES = ("auto", "zero-copy", "bank", "gather")
 SKIP_HOOK = "diffes-skip-block"
+ROUTER_MARK = "_diffes_router"
 
 
 def _ranked_positions(idxs: tuple[int, ...], roots: tuple[int, ...], rank: dict[int, int]) -> dict[int, int]:
@@ -66,15 +67,20 @@ class SkipBlockHook(ModelHook):  # type: ignore[misc]
 
 @dataclass
 class _Table:
-    """Everything ``set`` assigns for one plan, prepared once."""
+    """Everything ``set`` assigns for one plan, prepared once, keyed so a switch touches only what differs."""
 
-    tensors: list[tuple[nn.Parameter | torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    gathers: list[tuple[nn.Parameter | torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]] = field(
-        default_factory=list
-    )
-    attrs: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    gathers: dict[str, tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    attrs: dict[tuple[str, str], tuple[nn.Module, Any]] = field(default_factory=dict)
     skipped: list[SkipBlockHook] = field(default_factory=list)
     nbytes: int = 0
+
+    @property
+    def keys(self) -> set[str]:
+        return self.tensors.keys() | self.gathers.keys()
+
+
+_DENSE = _Table()  # the dense model sets nothing
 
 
 class Router:
@@ -87,6 +93,12 @@ class Router:
             mode = ("bank" if library.config.compensate else "zero-copy") if library.config.nested else "gather"
         if mode in ("zero-copy", "bank") and not library.config.nested:
             raise ConfigError("mode", mode, "zero-copy and bank routing need a nested library (prune --nested)")
+        if mode == "zero-copy" and library.config.compensate:
+            raise ConfigError(
+                "mode", mode, "compensated plans hold new tensors: use bank, or a --no-compensate library"
+            )
+        if ROUTER_MARK in model.__dict__:
+            raise ConfigError("model", type(model).__name__, "a router is already attached; remove() it first")
         self.model, self.library, self.mode = model, library, mode
         self.params = self._touched_tensors()
         self.dense = {k: t.data for k, t in self.params.items()}
@@ -98,6 +110,8 @@ class Router:
         self.skips = self._skip_hooks()
         self.tables: dict[tuple[int, int], _Table] = {}
         self.current: tuple[int, int] | None = None
+        self._active = _DENSE
+        model.__dict__[ROUTER_MARK] = self  # the model is no longer plain dense: exports must refuse it
 
     # ---- setup ----
 
@@ -112,15 +126,14 @@ class Router:
                 out[key] = tensor
         return out
 
-    def _dense_attrs(self) -> dict[tuple[str, str], Any]:
-        attrs: dict[tuple[str, str], Any] = {}
-        for key, sizes in self.library.shapes.sizes.items():
-            for attr in sizes:
-                module = key.split(":")[0]
-                attrs[(module, attr)] = getattr(self.model.get_submodule(module), attr)
-        for g in self.library.structure.groups:
-            if g.count_attr:
-                attrs[tuple(g.count_attr)] = getattr(self.model.get_submodule(g.count_attr[0]), g.count_attr[1])  # type: ignore[index]
+    def _dense_attrs(self) -> dict[tuple[str, str], tuple[nn.Module, Any]]:
+        """(module name, attribute) -> (module, dense value): modules looked up once, not at every switch."""
+        names = [(key.split(":")[0], attr) for key, sizes in self.library.shapes.sizes.items() for attr in sizes]
+        names += [(g.count_attr[0], g.count_attr[1]) for g in self.library.structure.groups if g.count_attr]
+        attrs = {}
+        for module_name, attr in names:
+            module = self.model.get_submodule(module_name)
+            attrs[(module_name, attr)] = (module, getattr(module, attr))
         return attrs
 
     def _skip_hooks(self) -> dict[str, SkipBlockHook]:
@@ -181,22 +194,22 @@ class Router:
             dense = self.dense[key]
             pos = self._layout(key, dim, kept).to(dense.device)
             if len(pos) and bool((pos == torch.arange(len(pos), device=dense.device)).all()):
-                table.tensors.append((self.params[key], dense.narrow(dim, 0, len(pos))))
+                table.tensors[key] = (self.params[key], dense.narrow(dim, 0, len(pos)))
             else:
                 shape = list(dense.shape)
                 shape[dim] = len(pos)
-                table.gathers.append((self.params[key], dense, dim, pos, self._buffer(key, torch.Size(shape))))
+                table.gathers[key] = (self.params[key], dense, dim, pos, self._buffer(key, torch.Size(shape)))
         for key, tensor in plan.replacements.items():
             dense = self.dense[key]
             if key in plan.slices:
                 dim, kept = plan.slices[key]
                 tensor = self._reorder(key, dim, kept, tensor)
             tensor = tensor.to(dense.device, dense.dtype)
-            table.tensors.append((self.params[key], tensor))
+            table.tensors[key] = (self.params[key], tensor)
             table.nbytes += tensor.numel() * tensor.element_size()
         for module_name, attrs in plan.overrides.items():
-            module = self.model.get_submodule(module_name)
-            table.attrs.extend((module, attr, value) for attr, value in attrs.items())
+            for attr, value in attrs.items():
+                table.attrs[(module_name, attr)] = (self.dense_attrs[(module_name, attr)][0], value)
         table.skipped = [self.skips[name] for name in plan.skipped]
         return table
 
@@ -223,24 +236,34 @@ class Router:
 
     @torch.no_grad()
     def _apply(self, table: _Table) -> None:
-        self._restore()
-        for param, tensor in table.tensors:
+        """Switch from the active table: undo only what the new one leaves alone, then assign the new one."""
+        old = self._active
+        for key in old.keys - table.keys:
+            self.params[key].data = self.dense[key]
+        for name in old.attrs.keys() - table.attrs.keys():
+            module, value = self.dense_attrs[name]
+            setattr(module, name[1], value)
+        for hook in old.skipped:
+            hook.active = False
+        for param, tensor in table.tensors.values():
             param.data = tensor
-        for param, dense, dim, pos, buffer in table.gathers:
+        for param, dense, dim, pos, buffer in table.gathers.values():
             torch.index_select(dense, dim, pos, out=buffer)
             param.data = buffer
-        for module, attr, value in table.attrs:
+        for (_, attr), (module, value) in table.attrs.items():
             setattr(module, attr, value)
         for hook in table.skipped:
             hook.active = True
+        self._active = table
 
     def _restore(self) -> None:
         for key, param in self.params.items():
             param.data = self.dense[key]
-        for (module_name, attr), value in self.dense_attrs.items():
-            setattr(self.model.get_submodule(module_name), attr, value)
+        for (_, attr), (module, value) in self.dense_attrs.items():
+            setattr(module, attr, value)
         for hook in self.skips.values():
             hook.active = False
+        self._active = _DENSE
 
     def reset(self) -> None:
         """Back to the full dense model (in the router's channel order)."""
@@ -252,9 +275,13 @@ class Router:
         self.tables.clear()
 
     def extra_bytes(self) -> int:
-        """Memory the router holds beyond the dense model: gather buffers and banked replacements."""
-        buffers = sum(b.numel() * b.element_size() for b in self.buffers.values())
-        return buffers + sum(t.nbytes for t in self.tables.values())
+        """Memory the router holds beyond the dense model: gather buffers and indices, banked replacements,
+        and the permutation of zero-copy and bank modes."""
+        size = lambda t: t.numel() * t.element_size()  # noqa: E731
+        buffers = sum(size(b) for b in self.buffers.values())
+        indices = sum(size(g[3]) for t in self.tables.values() for g in t.gathers.values())
+        permutation = sum(size(old_at) for _, old_at in self.positions.values())
+        return buffers + indices + permutation + sum(t.nbytes for t in self.tables.values())
 
     @torch.no_grad()
     def reference(self, original: nn.Module, plan: PrunePlan) -> nn.Module:
@@ -305,3 +332,4 @@ class Router:
         self.skips.clear()
         self.tables.clear()
         self.current = None
+        self.model.__dict__.pop(ROUTER_MARK, None)

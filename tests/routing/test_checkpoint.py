@@ -57,6 +57,19 @@ def test_export_refuses_a_non_empty_folder(exported: tuple[Path, torch.Tensor]) 
         export_routed(folder, None, None, None)  # type: ignore[arg-type]
 
 
+def test_export_refuses_a_routed_pipeline(tmp_path: Path) -> None:
+    pipe = zoo_pipeline("dit-digits", trained=True)
+    library = build_library(pipe, PruningConfig(stages=2, steps=4, probes=4, nested=True), progress=False)
+    pipe.scheduler.set_timesteps(4)
+    schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, [3, 1])
+    handle = apply(pipe, library, schedule)
+    handle.router.reset()  # dense again, but still permuted: its weights are not the base model's
+    with pytest.raises(ConfigError, match="a router is attached"):
+        export_routed(tmp_path / "x", pipe, library, schedule)
+    handle.remove()
+    assert export_routed(tmp_path / "x", pipe, library, schedule).is_dir()
+
+
 def test_tampered_plan(exported: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
     folder = copy_of(exported[0], tmp_path / "t")
     plans = folder / "library" / "plans.safetensors"
