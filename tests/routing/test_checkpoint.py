@@ -76,7 +76,7 @@ def test_tampered_plan(exported: tuple[Path, torch.Tensor], tmp_path: Path) -> N
     data = bytearray(plans.read_bytes())
     data[-5] ^= 0xFF
     plans.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="plans.safetensors does not match its hash"):
+    with pytest.raises(CheckpointError, match=r"plans\.safetensors does not match its hash"):
         load_routed(folder)
 
 
