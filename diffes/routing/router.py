@@ -20,7 +20,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from diffes.errors import ConfigError
+from diffes.errors import ConfigError, UnsupportedModelError
 from diffes.pruning.graph import PrunableStructure
 from diffes.pruning.library import PruningLibrary
 from diffes.pruning.plan import PrunePlan, prune_copy
@@ -133,7 +133,9 @@ class Router:
         attrs = {}
         for module_name, attr in names:
             module = self.model.get_submodule(module_name)
-            attrs[(module_name, attr)] = (module, getattr(module, attr))
+            if attr not in module.__dict__:
+                raise UnsupportedModelError(f"attribute {type(module).__name__}.{attr}: not a plain attribute")
+            attrs[(module_name, attr)] = (module, module.__dict__[attr])
         return attrs
 
     def _skip_hooks(self) -> dict[str, SkipBlockHook]:
@@ -240,9 +242,11 @@ class Router:
         old = self._active
         for key in old.keys - table.keys:
             self.params[key].data = self.dense[key]
+        # size attributes (heads, in_features, num_groups, ...) are plain ints in the instance dict; writing
+        # there skips nn.Module.__setattr__, which was three quarters of a switch
         for name in old.attrs.keys() - table.attrs.keys():
             module, value = self.dense_attrs[name]
-            setattr(module, name[1], value)
+            module.__dict__[name[1]] = value
         for hook in old.skipped:
             hook.active = False
         for param, tensor in table.tensors.values():
@@ -251,7 +255,7 @@ class Router:
             torch.index_select(dense, dim, pos, out=buffer)
             param.data = buffer
         for (_, attr), (module, value) in table.attrs.items():
-            setattr(module, attr, value)
+            module.__dict__[attr] = value
         for hook in table.skipped:
             hook.active = True
         self._active = table
@@ -260,7 +264,7 @@ class Router:
         for key, param in self.params.items():
             param.data = self.dense[key]
         for (_, attr), (module, value) in self.dense_attrs.items():
-            setattr(module, attr, value)
+            module.__dict__[attr] = value
         for hook in self.skips.values():
             hook.active = False
         self._active = _DENSE
