@@ -17,6 +17,11 @@ from diffes.errors import CheckpointError
 
 __all__ = ["atomic_path", "write_json", "read_json", "write_tensors", "read_tensors"]
 
+# mkstemp creates files readable by their owner only; a finished file gets the mode open() would have given it,
+# so run directories shared with Ray workers under another user stay readable. Read once: os.umask has no getter.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -27,6 +32,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
