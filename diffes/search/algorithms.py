@@ -18,7 +18,13 @@ from deap import base, tools
 
 from diffes.search.config import SearchConfig
 from diffes.search.genome import Budget, Genome
-from diffes.search.operators import crossover_repair, initial_population, mutate_transfer
+from diffes.search.operators import (
+    crossover_repair,
+    initial_population,
+    mutate_front,
+    mutate_transfer,
+    spread_population,
+)
 from diffes.search.state import SearchState
 
 __all__ = [
@@ -70,13 +76,20 @@ def make_toolbox(config: SearchConfig, budget: Budget, evaluate: Evaluate, map_f
     toolbox.register("evaluate", evaluate)
     toolbox.register("map", map_fn)
     toolbox.register("cost", budget.cost)
+    # A single-objective search wants every schedule on the budget edge; NSGA-II wants every cost up to it.
+    pareto = config.algorithm == "nsga2"
     toolbox.register(
-        "population", initial_population, num_stages=budget.num_stages, num_levels=budget.num_levels, budget=budget
+        "population",
+        spread_population if pareto else initial_population,
+        num_stages=budget.num_stages,
+        num_levels=budget.num_levels,
+        budget=budget,
     )
-    # A single-objective search wants every child on the budget edge; NSGA-II needs cheaper ones too.
-    fill = config.algorithm != "nsga2"
-    toolbox.register("mate", crossover_repair, budget=budget, fill=fill)
-    toolbox.register("mutate", mutate_transfer, budget=budget, moves=config.mutation_moves, fill=fill)
+    toolbox.register("mate", crossover_repair, budget=budget, fill=not pareto)
+    if pareto:
+        toolbox.register("mutate", mutate_front, budget=budget, moves=config.mutation_moves)
+    else:
+        toolbox.register("mutate", mutate_transfer, budget=budget, moves=config.mutation_moves)
     toolbox.register("select", tools.selNSGA2 if config.algorithm == "nsga2" else tools.selBest)
     toolbox.register(
         "migrate", tools.migRing, k=config.migration_size, selection=tools.selBest, replacement=tools.selWorst

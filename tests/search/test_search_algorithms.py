@@ -109,6 +109,14 @@ def test_nsga2_front_is_feasible_and_mutually_non_dominated() -> None:
     assert best(state)[0] in [g for g, _, _ in front]
 
 
+def test_nsga2_front_reaches_the_cheap_end_of_the_budget() -> None:
+    # one run serves several budgets only if its front holds points well below the one it was given
+    budget = make_budget(10, 8, 0.7)
+    state = _run(SearchConfig("nsga2", generations=6, budget=0.7), budget)
+    costs = [c for _, _, c in pareto_front(state)]
+    assert min(costs) <= 0.4 and max(costs) > 0.6
+
+
 def test_islands_migrate_the_best_to_the_next_island() -> None:
     budget = make_budget(6, 4, 0.5)
     config = SearchConfig(

@@ -13,9 +13,11 @@ from diffes.search.operators import (
     crossover_repair,
     fill_budget,
     initial_population,
+    mutate_front,
     mutate_transfer,
     repair,
     shaped_genomes,
+    spread_population,
 )
 
 BUDGETS = {
@@ -48,6 +50,10 @@ def test_every_operator_output_is_feasible(name: str) -> None:
             fixed, repair(b, budget, rng), budget, rng, method=rng.choice(["uniform", "one_point"])
         )
         mutants = [mutate_transfer(a, budget, rng, moves=m) for m in (1, 2, 3)]
+        mutants += [
+            mutate_front(a, budget, rng),
+            *spread_population(3, budget.num_stages, budget.num_levels, budget, rng),
+        ]
         for genome in (fixed, filled, *children, *mutants):
             assert budget.feasible(genome), (name, seed, genome)
             assert all(isinstance(level, int) for level in genome)
@@ -79,6 +85,8 @@ def test_operators_are_deterministic_given_rng() -> None:
             mutate_transfer(genome, budget, rng, moves=2),
             crossover_repair(genome, genome[::-1], budget, rng),
             initial_population(20, 8, 5, budget, rng),
+            mutate_front(genome, budget, rng),
+            spread_population(20, 8, 5, budget, rng),
         ]
 
     assert draw(3) == draw(3) and draw(3) != draw(4)
@@ -202,3 +210,22 @@ def test_initial_population_pads_a_tiny_space_with_repeats() -> None:
 def test_initial_population_checks_the_grid_against_the_budget() -> None:
     with pytest.raises(ValueError, match="does not match"):
         initial_population(4, 3, 5, BUDGETS["8x5 at 0.5"], random.Random(0))
+
+
+def test_spread_population_covers_every_cost_up_to_the_budget() -> None:
+    budget = make_budget(10, 8, 0.7)
+    costs = sorted(budget.cost(g) for g in spread_population(16, 10, 8, budget, random.Random(0)))
+    assert costs[0] < budget.cheapest + 0.1 and costs[-1] > budget.fraction - 0.05
+    assert max(b - a for a, b in zip(costs, costs[1:])) < 0.1  # no gap: every part of the cost axis is seeded
+    filled = [budget.cost(g) for g in initial_population(16, 10, 8, budget, random.Random(0))]
+    assert min(filled) > budget.fraction - 0.1  # the single-objective start, for contrast
+
+
+def test_front_mutation_changes_cost_both_ways_but_stays_feasible() -> None:
+    budget = make_budget(8, 5, 0.6)
+    rng = random.Random(0)
+    genome = (3, 3, 3, 3, 2, 2, 3, 3)  # below the budget: room to go denser as well as sparser
+    deltas = {round(budget.cost(mutate_front(genome, budget, rng)) - budget.cost(genome), 6) for _ in range(200)}
+    assert any(d < 0 for d in deltas) and any(d > 0 for d in deltas)
+    edge = fill_budget(genome, budget, rng)
+    assert all(budget.feasible(mutate_front(edge, budget, rng)) for _ in range(200))
