@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,10 @@ from typing import Any
 import torch
 
 from diffes.io import write_json
+from diffes.models.loading import fast_cpu_math
+from diffes.runs.config import RunConfig
+from diffes.runs.context import prepare
+from diffes.runs.rundir import RunDir
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,3 +41,16 @@ def save(name: str, payload: dict[str, Any], markdown: str) -> None:
 
 def load(name: str) -> dict[str, Any]:
     return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def prepared_run(config: RunConfig, threads: int) -> RunDir:
+    """A run directory (in a temporary folder) with its pruning library and teacher built, as `diffes search` would."""
+    fast_cpu_math()
+    torch.set_num_threads(threads)
+    run = RunDir.create(config)
+    prepare(run, config, progress=False)
+    return run
+
+
+def temp_config(name: str, generations: int) -> RunConfig:
+    return RunConfig(name=name, runs_dir=tempfile.mkdtemp(), generations=generations, export=False)

@@ -7,17 +7,13 @@ built-in DiT, with prefix sharing and caching versus naive evaluation, and a che
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from typing import Any
 
-import torch
-
-from benchmarks.common import save
+from benchmarks.common import prepared_run, save, temp_config
 from diffes.fitness.evaluator import Evaluator
-from diffes.models.loading import fast_cpu_math
 from diffes.runs.config import RunConfig
-from diffes.runs.context import load_context, prepare
+from diffes.runs.context import load_context
 from diffes.runs.job import make_budget
 from diffes.runs.rundir import RunDir
 from diffes.search import init_search, make_toolbox, next_generation
@@ -66,11 +62,8 @@ def timed(evaluator: Evaluator, batch: list[tuple[int, ...]]) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> None:
-    fast_cpu_math()
-    torch.set_num_threads(args.threads)
-    config = RunConfig(name="bench", runs_dir=tempfile.mkdtemp(), generations=args.generations, export=False)
-    run = RunDir.create(config)
-    prepare(run, config, progress=False)
+    config = temp_config("bench", args.generations)
+    run = prepared_run(config, args.threads)
     batches = recorded_batches(run, config)
     shared_eval, naive_eval = warm_evaluator(run, share=True), warm_evaluator(run, share=False)
     shared, plain = [], []

@@ -2,7 +2,7 @@
 
     python scripts/train_zoo.py digits-classifier
     python scripts/train_zoo.py dit-digits --steps 8000
-    python scripts/train_zoo.py unet-digits --steps 8000
+    python scripts/train_zoo.py unet-digits --steps 12000
 
 Weights go to diffes/models/weights/<name>/ unless --out is given. The generators need the
 classifier (it judges their samples during training), so train it first.
