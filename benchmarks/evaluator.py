@@ -1,7 +1,7 @@
 """Does prefix sharing pay? Denoiser calls and wall time per generation of a real default search on the
 built-in DiT, with prefix sharing and caching versus naive evaluation, and a check that scores are identical.
 
-    python -m benchmarks.evaluator [--generations 10]
+    python -m benchmarks.evaluator [--generations 20]
 """
 
 from __future__ import annotations
@@ -108,6 +108,6 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--generations", type=int, default=10)
+    parser.add_argument("--generations", type=int, default=RunConfig.generations, help="default: the search default")
     parser.add_argument("--threads", type=int, default=2)
     main(parser.parse_args())

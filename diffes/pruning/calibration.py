@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from diffes.models.adapters import StepAwareHook, attach_hook
 from diffes.stages import StageSchedule
@@ -62,6 +63,15 @@ class CalibrationSet:
     def run(self, model: nn.Module, call: Call) -> torch.Tensor:
         args, kwargs = call
         return first_tensor(model(*args, **kwargs))
+
+    def replay(self, model: nn.Module, stage: int, handles: list[RemovableHandle]) -> None:
+        """Run every recorded call of ``stage`` through ``model``, then remove ``handles`` (the hooks observing it)."""
+        try:
+            for call in self.calls[stage]:
+                self.run(model, call)
+        finally:
+            for h in handles:
+                h.remove()
 
 
 class _RecordCalls(StepAwareHook):
@@ -117,11 +127,5 @@ def collect_grams(model: nn.Module, calib: CalibrationSet, consumers: list[str],
 
         return hook
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in consumers]
-    try:
-        for call in calib.calls[stage]:
-            calib.run(model, call)
-    finally:
-        for h in handles:
-            h.remove()
+    calib.replay(model, stage, [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in consumers])
     return {n: (sums[n] / counts[n]).cpu() for n in consumers}

@@ -83,7 +83,6 @@ def activation_scores(
 def block_scores(model: nn.Module, blocks: list[str], calib: CalibrationSet, stage: int) -> torch.Tensor:
     """Per droppable block, the mean relative change it makes to the hidden states during the stage."""
     change = torch.zeros(len(blocks), dtype=torch.float64)
-    hooks = []
 
     def hook_for(i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
@@ -93,14 +92,8 @@ def block_scores(model: nn.Module, blocks: list[str], calib: CalibrationSet, sta
 
         return hook
 
-    for i, name in enumerate(blocks):
-        hooks.append(model.get_submodule(name).register_forward_hook(hook_for(i), with_kwargs=True))
-    try:
-        for call in calib.calls[stage]:
-            calib.run(model, call)
-    finally:
-        for h in hooks:
-            h.remove()
+    hooks = [model.get_submodule(n).register_forward_hook(hook_for(i), with_kwargs=True) for i, n in enumerate(blocks)]
+    calib.replay(model, stage, hooks)
     return change / max(1, len(calib.calls[stage]))
 
 
