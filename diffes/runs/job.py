@@ -44,7 +44,8 @@ class GenerationBar:
     def start(self, total: int) -> None:
         if self.enabled:
             self._bar = tqdm(total=total, desc=self.label, unit="eval", leave=True)
-            self._bar.set_postfix(best=f"{self.best:.5f}", refresh=False)
+            if self.best == self.best:  # nothing to show before the first generation is scored
+                self._bar.set_postfix(best=f"{self.best:.5f}", refresh=False)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
