@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,22 +17,18 @@ from diffes.errors import CheckpointError
 
 __all__ = ["atomic_path", "write_json", "read_json", "write_tensors", "read_tensors"]
 
-# mkstemp creates files readable by their owner only; a finished file gets the mode open() would have given it,
-# so run directories shared with Ray workers under another user stay readable. Read once: os.umask has no getter.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: its files are owner-only (0600), and a run directory must stay readable by Ray workers
+    # running as another user. Created here with mode 0666, the process umask applies as it would to open().
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -4,7 +4,6 @@ import stat
 import pytest
 import torch
 
-import diffes.io
 from diffes.errors import CheckpointError
 from diffes.io import atomic_path, read_json, read_tensors, write_json, write_tensors
 
@@ -21,8 +20,14 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
 
 def test_finished_file_gets_the_mode_open_would_give(tmp_path):
     # mkstemp alone would leave 0o600, unreadable by Ray workers running as another user
-    write_json(tmp_path / "a.json", [1])
-    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o666 & ~diffes.io._UMASK
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", [1])
+        (tmp_path / "b.json").write_text("[1]")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == stat.S_IMODE(os.stat(tmp_path / "b.json").st_mode)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o644
 
 
 def test_tensors_round_trip_and_corruption(tmp_path):
