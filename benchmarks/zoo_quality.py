@@ -12,6 +12,7 @@ is written as zoo_quality_retrained.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from diffes.models.data import load_digits_split
 from diffes.models.loading import fast_cpu_math, load_pipeline
 from diffes.models.pipeline import ZooPipeline
 from diffes.models.training import class_accuracy, sample_accuracy
-from diffes.models.zoo import GENERATORS, get_entry, load_model, sampling_scheduler
+from diffes.models.zoo import GENERATORS, get_entry, load_model, sampling_scheduler, weights_dir
 
 
 def generator(name: str, weights: str | None) -> Any:
@@ -45,6 +46,9 @@ def main(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         acc = sample_accuracy(pipe, classifier, per_class=args.per_class, steps=args.steps, seed=args.seed)
         results["models"][name] = {"class_accuracy": acc, "seconds": time.perf_counter() - start}
+        log = Path(args.weights or weights_dir(name).parent) / name / "training.json"
+        if log.is_file():  # how long the training that made these weights took, and on what settings
+            results["models"][name]["training"] = json.loads(log.read_text())["final"]
         table.append(f"| {name} | {10 * args.per_class} | {args.steps} | {100 * acc:.0f}% |")
     held_out = f"{len(data.test_labels)} held-out real images | - "
     table.append(f"| digits-classifier (judge) | {held_out}| {100 * judge:.1f}% (goal >= 97%) |")

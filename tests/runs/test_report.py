@@ -112,6 +112,9 @@ def test_table_and_figures_match_the_run(runs: dict[str, RunDir], report: Path) 
     assert [int(level) for _, level, _ in rows] == best["genome"]
     levels = run.config().pruning_config().levels
     assert [int(pct) for _, _, pct in rows] == [round(100 * levels[lv]) for lv in best["genome"]]
+    # every run measures each level's latency on its device, so the cost table has it
+    assert "<th>Latency / call</th>" in table.group(1)
+    assert len(re.findall(r"<td>[\d.]+ [mµ]?s \([\d.]+%\)</td>", table.group(1))) == len(rows)
     data = load_report_data(run)
     assert list(data.best.genome) == best["genome"] and data.best.distance == best["distance"]
     assert list(data.uniform.genome) == best["uniform"]["genome"]
