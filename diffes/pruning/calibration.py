@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -64,9 +65,13 @@ class CalibrationSet:
         args, kwargs = call
         return first_tensor(model(*args, **kwargs))
 
-    def replay(self, model: nn.Module, stage: int, handles: list[RemovableHandle]) -> None:
-        """Run every recorded call of ``stage`` through ``model``, then remove ``handles`` (the hooks observing it)."""
+    def replay(self, model: nn.Module, stage: int, hooks: list[Callable[[], RemovableHandle]]) -> None:
+        """Run every recorded call of ``stage`` through ``model`` with ``hooks`` registered (each a callable that
+        registers one hook), and remove them afterwards, also when registering or a call fails."""
+        handles = []
         try:
+            for register in hooks:
+                handles.append(register())
             for call in self.calls[stage]:
                 self.run(model, call)
         finally:
@@ -127,5 +132,7 @@ def collect_grams(model: nn.Module, calib: CalibrationSet, consumers: list[str],
 
         return hook
 
-    calib.replay(model, stage, [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in consumers])
+    calib.replay(
+        model, stage, [partial(model.get_submodule(n).register_forward_pre_hook, hook_for(n)) for n in consumers]
+    )
     return {n: (sums[n] / counts[n]).cpu() for n in consumers}

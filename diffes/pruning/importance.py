@@ -10,6 +10,7 @@ per input channel, ||W[:, j]||^2 * E[x_j^2], read off the calibration Gram.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -92,8 +93,10 @@ def block_scores(model: nn.Module, blocks: list[str], calib: CalibrationSet, sta
 
         return hook
 
-    hooks = [model.get_submodule(n).register_forward_hook(hook_for(i), with_kwargs=True) for i, n in enumerate(blocks)]
-    calib.replay(model, stage, hooks)
+    modules = [model.get_submodule(n) for n in blocks]
+    calib.replay(
+        model, stage, [partial(m.register_forward_hook, hook_for(i), with_kwargs=True) for i, m in enumerate(modules)]
+    )
     return change / max(1, len(calib.calls[stage]))
 
 
