@@ -523,29 +523,24 @@ def breakdown_dense_vs(model: nn.Module, library: PruningLibrary, level: int, ca
 # ---- report ----
 
 
+def _goal(value: float, key: str, at_most: bool, **extra: float) -> dict[str, Any]:
+    bound = GOALS[key]
+    met = value <= bound if at_most else value >= bound
+    return {"value": value, "goal": f"{'<=' if at_most else '>='} {bound}", "met": met, **extra}
+
+
 def goals(modes: dict[str, dict], sampling: dict[str, dict]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for mode, m in modes.items():
-        frac = m["switch"]["prepared_median_s"] / m["call_s"]
-        out[f"{mode}: switch / call"] = {"value": frac, "goal": f"<= {GOALS['switch_fraction']}"}
-        out[f"{mode}: switch / call"]["met"] = frac <= GOALS["switch_fraction"]
-        eff = sampling[f"mixed/{mode}"]["efficiency"]
-        out[f"{mode}: efficiency (mixed)"] = {"value": eff, "goal": f">= {GOALS['efficiency']}"}
-        out[f"{mode}: efficiency (mixed)"]["met"] = eff >= GOALS["efficiency"]
-    zc = modes["zero-copy"]["memory"]
-    out["zero-copy: resident memory / dense"] = {
-        "value": zc["served_over_dense"],
-        "goal": f"<= {GOALS['zero_copy_memory']}",
-        "met": zc["served_over_dense"] <= GOALS["zero_copy_memory"],
-        "router_only": zc["router_over_dense"],
-    }
-    bank = modes["bank"]["memory"]
-    out["bank: resident memory / per-stage copies"] = {
-        "value": bank["served_over_copies"],
-        "goal": f"<= {GOALS['bank_vs_copies']}",
-        "met": bank["served_over_copies"] <= GOALS["bank_vs_copies"],
-        "router_only": bank["router_over_copies"],
-    }
+        out[f"{mode}: switch / call"] = _goal(m["switch"]["prepared_median_s"] / m["call_s"], "switch_fraction", True)
+        out[f"{mode}: efficiency (mixed)"] = _goal(sampling[f"mixed/{mode}"]["efficiency"], "efficiency", False)
+    zc, bank = modes["zero-copy"]["memory"], modes["bank"]["memory"]
+    out["zero-copy: resident memory / dense"] = _goal(
+        zc["served_over_dense"], "zero_copy_memory", True, router_only=zc["router_over_dense"]
+    )
+    out["bank: resident memory / per-stage copies"] = _goal(
+        bank["served_over_copies"], "bank_vs_copies", True, router_only=bank["router_over_copies"]
+    )
     return out
 
 
