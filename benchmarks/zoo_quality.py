@@ -21,16 +21,9 @@ import torch
 
 from benchmarks.common import save
 from diffes.models.data import load_digits_split
-from diffes.models.loading import fast_cpu_math, load_pipeline
-from diffes.models.pipeline import ZooPipeline
+from diffes.models.loading import fast_cpu_math, zoo_pipeline
 from diffes.models.training import class_accuracy, sample_accuracy
-from diffes.models.zoo import GENERATORS, get_entry, load_model, sampling_scheduler, weights_dir
-
-
-def generator(name: str, weights: str | None) -> Any:
-    if weights is None:
-        return load_pipeline(name, device="cpu")
-    return ZooPipeline(sampling_scheduler(), **{get_entry(name).kind: load_model(name, Path(weights) / name)})
+from diffes.models.zoo import GENERATORS, load_model, weights_dir
 
 
 def main(args: argparse.Namespace) -> None:
@@ -42,7 +35,7 @@ def main(args: argparse.Namespace) -> None:
     table = ["| model | samples | DDIM steps | class accuracy (goal >= 90%) |", "| --- | --- | --- | --- |"]
     results["models"] = {}
     for name in GENERATORS:
-        pipe = generator(name, args.weights)
+        pipe = zoo_pipeline(name, Path(args.weights) / name if args.weights else None)
         start = time.perf_counter()
         acc = sample_accuracy(pipe, classifier, per_class=args.per_class, steps=args.steps, seed=args.seed)
         results["models"][name] = {"class_accuracy": acc, "seconds": time.perf_counter() - start}

@@ -20,6 +20,7 @@ import torch
 
 from diffes.errors import ConfigError
 from diffes.models.adapters import StepAwareHook, StepHookHandle, attach_hook
+from diffes.pruning.calibration import first_tensor
 
 __all__ = ["StepCacheConfig", "StepCacheState", "StepCacheHook", "apply_step_cache", "CachedHandle", "HOOK_NAME"]
 
@@ -92,10 +93,7 @@ class StepCacheHook(StepAwareHook):
 def _same_batch(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Reuse only an output computed for a batch of the same size (a changed batch must recompute)."""
     sample = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-    first = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-    if not (isinstance(sample, torch.Tensor) and isinstance(first, torch.Tensor)):
-        return False
-    return first.shape[0] == sample.shape[0]
+    return isinstance(sample, torch.Tensor) and first_tensor(output).shape[0] == sample.shape[0]
 
 
 @dataclass

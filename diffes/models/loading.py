@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ def load_pipeline_folder(path: Path) -> Any:
     return DiffusionPipeline.from_pretrained(path, local_files_only=True)
 
 
+def zoo_pipeline(name: str, weights: str | os.PathLike[str] | None = None) -> ZooPipeline:
+    """The zoo generator ``name`` in its sampling pipeline, with the shipped weights or those in ``weights``."""
+    return ZooPipeline(sampling_scheduler(), **{get_entry(name).kind: load_model(name, weights)})
+
+
 def load_pipeline(model: str, device: str | torch.device | None = None) -> Any:
     """A zoo name gives a ``ZooPipeline``; a folder with ``model_index.json`` gives its diffusers pipeline."""
     dev = pick_device(str(device) if device is not None else None)
@@ -53,8 +59,7 @@ def load_pipeline(model: str, device: str | torch.device | None = None) -> Any:
         entry = get_entry(model)
         if entry.kind == "classifier":
             raise ConfigError("model", model, "that is the judge classifier; pick a generator such as dit-digits")
-        pipe = ZooPipeline(sampling_scheduler(), **{entry.kind: load_model(model)})
-        return pipe.to(dev)
+        return zoo_pipeline(model).to(dev)
     path = Path(model)
     if path.is_dir():
         return load_pipeline_folder(path).to(dev)
