@@ -43,8 +43,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import save
-from diffes.models.adapters import StepAwareHook, StepHookHandle, attach_hook
 from diffes.models.loading import fast_cpu_math, load_pipeline
+from diffes.models.steps import StepAwareHook, StepHookHandle, attach_hook
 from diffes.pruning import PruningConfig, PruningLibrary, build_library
 from diffes.pruning.cost import _EXTRA_FLOPS  # the CPU attention kernel's FLOPs, as the library counts them
 from diffes.pruning.plan import PrunePlan

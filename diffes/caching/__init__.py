@@ -1,6 +1,6 @@
 """Feature caching: steps that reuse earlier denoiser outputs instead of computing them.
 
-It shares the step-aware hook runtime of ``diffes.routing`` (``diffes.models.adapters``). So far: static step
+It shares the step-aware hook runtime of ``diffes.routing`` (``diffes.models.steps``). So far: static step
 caching (``apply_step_cache``). Adaptive rules (TeaCache) and searched cache schedules (CEM) are not built yet.
 """
 

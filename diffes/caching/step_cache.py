@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from diffes.errors import ConfigError
-from diffes.models.adapters import StepAwareHook, StepHookHandle, attach_hook
+from diffes.models.steps import StepAwareHook, StepHookHandle, attach_hook
 from diffes.pruning.calibration import first_tensor
 
 __all__ = ["StepCacheConfig", "StepCacheState", "StepCacheHook", "apply_step_cache", "CachedHandle", "HOOK_NAME"]

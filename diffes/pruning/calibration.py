@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from diffes.models.adapters import StepAwareHook, attach_hook
+from diffes.models.steps import StepAwareHook, attach_hook
 from diffes.stages import StageSchedule
 
 __all__ = ["Call", "CalibrationSet", "record_calls", "map_tensors", "first_tensor", "collect_grams", "single_sample"]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
-from diffes.models.adapters import find_denoiser
+from diffes.models.steps import find_denoiser
 from diffes.pruning.calibration import CalibrationSet, collect_grams, record_calls, single_sample
 from diffes.pruning.compensation import compensate
 from diffes.pruning.cost import count_macs, count_params, measure_latency

@@ -21,8 +21,8 @@ import torch
 from diffes import __version__
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, write_json
-from diffes.models.adapters import find_denoiser
 from diffes.models.loading import load_pipeline_folder, pick_device
+from diffes.models.steps import find_denoiser
 from diffes.pruning.library import PruningLibrary
 from diffes.routing.hook import RoutingSchedule, apply
 from diffes.routing.router import ROUTER_MARK

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from diffes.errors import ConfigError
-from diffes.models.adapters import StepAwareHook, StepHookHandle, attach_hook, find_denoiser
+from diffes.models.steps import StepAwareHook, StepHookHandle, attach_hook, find_denoiser
 from diffes.pruning.library import PruningLibrary
 from diffes.routing.router import Router
 from diffes.stages import StageSchedule, stage_of_timestep

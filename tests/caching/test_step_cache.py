@@ -13,7 +13,7 @@ from tiny import run_tiny, tiny_dit, tiny_dit_pipeline, tiny_unet2d_pipeline
 
 from diffes.caching import StepCacheConfig, apply_step_cache
 from diffes.errors import ConfigError
-from diffes.models.adapters import attach_step_hook, find_denoiser
+from diffes.models.steps import attach_step_hook, find_denoiser
 
 
 def record_outputs(pipe: Any) -> list[Any]:

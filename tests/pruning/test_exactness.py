@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny import PIPELINES, run_tiny, runner_for
 
-from diffes.models.adapters import find_denoiser
+from diffes.models.steps import find_denoiser
 from diffes.pruning import PruningConfig, build_library, prune_copy
 from diffes.pruning.calibration import CalibrationSet, record_calls
 from diffes.routing import Router

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny import PIPELINES, run_tiny, runner_for
 
-from diffes.models.adapters import StepAwareHook, attach_hook, find_denoiser
+from diffes.models.steps import StepAwareHook, attach_hook, find_denoiser
 from diffes.pruning import PruningConfig, build_library
 from diffes.routing import RoutingSchedule, apply
 

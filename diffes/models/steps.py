@@ -9,6 +9,7 @@ scheduler's two methods are wrapped on the instance and restored by ``remove()``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,10 +76,14 @@ class StepTracker:
         self._detach()
         set_timesteps, step = scheduler.set_timesteps, scheduler.step
 
+        # wraps() keeps the signature visible: diffusers' retrieve_timesteps inspects set_timesteps for
+        # `sigmas` / `timesteps` parameters, and refuses them on a bare (*args, **kwargs) wrapper
+        @functools.wraps(set_timesteps)
         def tracked_set_timesteps(*args: Any, **kwargs: Any) -> Any:
             self.state.reset()
             return set_timesteps(*args, **kwargs)
 
+        @functools.wraps(step)
         def tracked_step(*args: Any, **kwargs: Any) -> Any:
             out = step(*args, **kwargs)
             self.state.step += 1

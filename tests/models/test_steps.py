@@ -8,8 +8,8 @@ from diffusers import DiffusionPipeline, EulerDiscreteScheduler, HeunDiscreteSch
 from tiny import run_tiny, tiny_dit_pipeline, tiny_pixart_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline, tiny_unet2d
 
 from diffes.errors import UnsupportedModelError
-from diffes.models.adapters import StepInfo, attach_step_hook, find_denoiser
 from diffes.models.pipeline import ZooPipeline
+from diffes.models.steps import StepInfo, attach_step_hook, find_denoiser
 
 
 def record_steps(pipe: Any) -> tuple[list[StepInfo], Any]:
