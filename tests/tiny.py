@@ -9,8 +9,14 @@ from diffusers import (
     DDIMScheduler,
     DiTPipeline,
     DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PixArtAlphaPipeline,
+    PixArtSigmaPipeline,
     PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -24,9 +30,10 @@ def _seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)  # diffusers initializes weights from the global generator
 
 
-def tiny_vae() -> AutoencoderKL:
+def tiny_vae(**config: object) -> AutoencoderKL:
     _seeded(1)
     return AutoencoderKL(
+        **config,  # type: ignore[arg-type]
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",),
@@ -220,3 +227,188 @@ PIPELINES = {
     "UNet2DModel": tiny_unet2d_pipeline,
     "UNet2DConditionModel": tiny_sd_pipeline,
 }
+
+
+# ---- complete text-to-image pipelines: offline tokenizers and tiny text encoders, savable with save_pretrained ----
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte-to-unicode alphabet, which CLIP's byte-level BPE works on."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in bs]
+    return [chr(b) for b in bs] + [chr(256 + i) for i in range(len(extra))]
+
+
+def clip_tokenizer(max_length: int = 16) -> object:
+    """A CLIP tokenizer from a generated vocabulary (every byte, alone and word-final) and no merges."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in _byte_chars():
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def t5_tokenizer() -> object:
+    """A T5 tokenizer from a tokenizers Unigram model over lowercase letters and digits (no sentencepiece)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789\u2581"]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
+
+
+def clip_encoder(hidden: int, projection: int | None = None, seed: int = 2) -> object:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    _seeded(seed)
+    config = CLIPTextConfig(
+        vocab_size=2 + 2 * 256,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        projection_dim=projection or hidden,
+    )
+    model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+    return model.eval()
+
+
+def t5_encoder(d_model: int = TEXT_DIM, seed: int = 3) -> object:
+    from transformers import T5Config, T5EncoderModel
+
+    _seeded(seed)
+    config = T5Config(
+        vocab_size=3 + 37,
+        d_model=d_model,
+        d_kv=4,
+        d_ff=2 * d_model,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def tiny_sd3_transformer() -> SD3Transformer2DModel:
+    _seeded()
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        caption_projection_dim=16,
+        pooled_projection_dim=16,
+        out_channels=4,
+        pos_embed_max_size=16,
+        qk_norm="rms_norm",
+    ).eval()
+
+
+def tiny_flux_transformer(guidance_embeds: bool = True) -> FluxTransformer2DModel:
+    _seeded()
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=8,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+
+
+def full_pixart_pipeline(sigma: bool = False) -> object:
+    cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    return cls(
+        tokenizer=t5_tokenizer(),
+        text_encoder=t5_encoder(),
+        vae=tiny_vae(),
+        transformer=tiny_pixart(),
+        scheduler=DDIMScheduler(clip_sample=False),
+    )
+
+
+def full_sd_pipeline() -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=tiny_vae(),
+        text_encoder=clip_encoder(TEXT_DIM),
+        tokenizer=clip_tokenizer(),
+        unet=tiny_unet_condition(),
+        scheduler=DDIMScheduler(clip_sample=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def full_sdxl_pipeline() -> StableDiffusionXLPipeline:
+    # the UNet reads both encoders' hidden states side by side (8 + 8) and the second one's pooled projection
+    return StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=clip_encoder(8),
+        text_encoder_2=clip_encoder(8, projection=TEXT_DIM, seed=4),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=tiny_unet_condition(sdxl=True),
+        scheduler=DDIMScheduler(clip_sample=False),
+    )
+
+
+def full_sd3_pipeline() -> StableDiffusion3Pipeline:
+    return StableDiffusion3Pipeline(
+        transformer=tiny_sd3_transformer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(scaling_factor=1.5, shift_factor=0.1),
+        text_encoder=clip_encoder(8, projection=8),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=clip_encoder(8, projection=8, seed=4),
+        tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5_encoder(),
+        tokenizer_3=t5_tokenizer(),
+    )
+
+
+def full_flux_pipeline(guidance_embeds: bool = True) -> FluxPipeline:
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=4, max_image_seq_len=64)
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=tiny_vae(scaling_factor=0.5, shift_factor=0.1),
+        text_encoder=clip_encoder(8),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=t5_encoder(),
+        tokenizer_2=t5_tokenizer(),
+        transformer=tiny_flux_transformer(guidance_embeds),
+    )
+
+
+PROMPTS = ["a digit 3", "the number seven"]
+
+# family -> (builder, conditions): every pipeline family the sampling adapters support (Flux at 8 x 8 pixels
+# through FAMILY_SIZE; its default size comes from the full-size model's 128-latent default)
+FAMILIES = {
+    "zoo": (lambda: zoo_pipeline("dit-digits"), [1, 2]),
+    "dit": (tiny_dit_pipeline, [1, 2]),
+    "pixart-alpha": (full_pixart_pipeline, PROMPTS),
+    "pixart-sigma": (lambda: full_pixart_pipeline(sigma=True), PROMPTS),
+    "sd": (full_sd_pipeline, PROMPTS),
+    "sdxl": (full_sdxl_pipeline, PROMPTS),
+    "sd3": (full_sd3_pipeline, PROMPTS),
+    "flux": (full_flux_pipeline, PROMPTS),
+}
+
+FAMILY_SIZE = {"flux": (8, 8)}

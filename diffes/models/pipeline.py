@@ -61,12 +61,18 @@ class ZooPipeline(DiffusionPipeline):  # type: ignore[misc]
         return latents * self.scheduler.init_noise_sigma
 
     def predict_noise(
-        self, latents: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        class_labels: torch.Tensor,
+        guidance_scale: float,
+        scheduler: SchedulerMixin | None = None,
     ) -> torch.Tensor:
-        """One denoiser call (both guidance branches batched) and the guided noise estimate."""
+        """One denoiser call (both guidance branches batched) and the guided noise estimate; ``scheduler``
+        (default: the pipeline's) scales the input, as a copy on another trajectory must."""
         guided = guidance_scale > 1.0
         model_input = torch.cat([latents, latents]) if guided else latents
-        model_input = self.scheduler.scale_model_input(model_input, t)
+        model_input = (scheduler or self.scheduler).scale_model_input(model_input, t)
         labels = class_labels
         if guided:
             labels = torch.cat([class_labels, torch.full_like(class_labels, self.null_class)])

@@ -9,6 +9,7 @@ scheduler's two methods are wrapped on the instance and restored by ``remove()``
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from diffes.errors import UnsupportedModelError
 
 __all__ = [
     "find_denoiser",
+    "clone_scheduler",
     "StepInfo",
     "StepTracker",
     "StepAwareHook",
@@ -42,6 +44,15 @@ def find_denoiser(pipe: Any) -> tuple[str, torch.nn.Module]:
         f"pipeline={type(pipe).__name__}: no denoiser found; diffes needs a pipeline with a "
         f"`.transformer` or `.unet` module"
     )
+
+
+def clone_scheduler(scheduler: Any) -> Any:
+    """An independent copy of ``scheduler`` (its state included) without the step tracker's wrappers, which
+    would otherwise keep calling the original's methods and count the copy's steps as the pipeline's."""
+    clone = copy.deepcopy(scheduler)
+    for name in ("set_timesteps", "step"):
+        clone.__dict__.pop(name, None)
+    return clone
 
 
 @dataclass(frozen=True)
