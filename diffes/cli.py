@@ -5,52 +5,56 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from diffes.errors import ConfigError, DiffesError
 
-__all__ = ["main", "parse_classes"]
-
-
-def parse_classes(text: str) -> list[int]:
-    """``"0-9"``, ``"3"`` or ``"1,4,7-9"`` to a list of ints."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            start, end = int(lo), int(hi) if hi else int(lo)
-            if end < start:
-                raise ValueError
-            out.extend(range(start, end + 1))
-    except ValueError:
-        raise ConfigError("classes", text, "use a list like 0-9 or 1,4,7-9") from None
-    return out
+__all__ = ["main"]
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
+    from tqdm.auto import tqdm
 
     from diffes.images import save_grid
-    from diffes.models import load_pipeline
+    from diffes.models.adapters import Guidance, adapter_for
+    from diffes.runs.config import parse_classes, read_prompts
 
     if args.steps < 1:
         raise ConfigError("steps", args.steps, "use at least 1 sampling step")
-    if args.per_class < 1:
-        raise ConfigError("per-class", args.per_class, "use at least 1 sample per class")
-    classes = parse_classes(args.classes)
+    if args.per_condition < 1:
+        raise ConfigError("per-condition", args.per_condition, "use at least 1 sample per condition")
+    if Path(args.output).is_dir():
+        raise ConfigError("output", args.output, "that is a folder; give a .png file name")
+    prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
+    if prompts and args.classes is not None:
+        raise ConfigError("classes", args.classes, "give classes or prompts, not both")
+    conditions: list[object] = list(prompts) if prompts else list(parse_classes(args.classes or "0-9"))
+    pipe = _generate_pipeline(args)
+    adapter = adapter_for(pipe, args.height, args.width)
+    if (adapter.conditioning == "prompts") != bool(prompts):
+        wanted = "prompts (--prompt or --prompts)" if adapter.conditioning == "prompts" else "classes (--classes)"
+        raise ConfigError("model", args.routed or args.model, f"{type(pipe).__name__} takes {wanted}")
+    guidance = Guidance(args.guidance_kind, args.guidance, args.guidance_rescale)
+    samples = [c for c in conditions for _ in range(args.per_condition)]
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    cond = adapter.encode(samples, guidance, args.negative_prompt)
+    latents = adapter.initial_latents(len(samples), generator)
+    with tqdm(total=args.steps, desc="sampling", unit="step") as bar:
+        final = adapter.sample(cond, latents, args.steps, guidance, generator, on_step=lambda: bar.update(1))
+    images = adapter.decode(final)
+    path = save_grid(images, args.output, rows=len(conditions))
+    print(f"wrote {path} ({len(samples)} samples, {args.steps} steps)")
+
+
+def _generate_pipeline(args: argparse.Namespace) -> object:
+    from diffes.models import load_pipeline
+
     if args.routed:
         from diffes.routing import load_routed
 
-        pipe = load_routed(args.routed, device=args.device)
-        if not hasattr(pipe, "null_class"):
-            raise ConfigError("routed", args.routed, "generate samples class-conditional zoo pipelines only")
-    else:
-        pipe = load_pipeline(args.model, device=args.device)
-    labels = [c for c in classes for _ in range(args.per_class)]
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    kwargs = {} if args.guidance is None else {"guidance_scale": args.guidance}
-    images = pipe(labels, num_inference_steps=args.steps, generator=generator, output_type="pt", **kwargs).images
-    path = save_grid(images, args.output, rows=len(classes))
-    print(f"wrote {path} ({len(labels)} samples, {args.steps} steps)")
+        return load_routed(args.routed, device=args.device)
+    return load_pipeline(args.model, device=args.device, dtype=args.dtype)
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -114,13 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffes", description="Stage-wise sparsity search for diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="sample an image grid from a zoo model or a routed checkpoint")
+    gen = sub.add_parser("generate", help="sample an image grid from a model or a routed checkpoint")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="zoo model name or diffusers pipeline folder")
     gen.add_argument("--routed", default=None, help="routed checkpoint folder (from `diffes export`)")
-    gen.add_argument("--classes", default="0-9", help="class list, e.g. 0-9 or 1,3,5")
-    gen.add_argument("--per-class", type=int, default=8, help="samples per class (one grid row per class)")
+    gen.add_argument("--classes", default=None, help="class list of a class-conditional model, e.g. 0-9 or 1,3,5")
+    gen.add_argument("--prompt", action="append", help="a prompt (text-to-image models; repeat for more)")
+    gen.add_argument("--prompts", default=None, help="text file with one prompt per line")
+    gen.add_argument("--negative-prompt", default=None, help="negative prompt (text-to-image models)")
+    gen.add_argument(
+        "--per-condition",
+        "--per-class",
+        type=int,
+        default=8,
+        dest="per_condition",
+        help="samples per class or prompt (one grid row each)",
+    )
     gen.add_argument("--steps", type=int, default=50, help="sampling steps")
-    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    gen.add_argument("--guidance", type=float, default=2.0, help="guidance scale")
+    gen.add_argument("--guidance-kind", default="cfg", choices=("cfg", "distilled", "none"), help="guidance kind")
+    gen.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale (SD/SDXL)")
+    gen.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
+    gen.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
+    gen.add_argument("--dtype", default="float32", help="float32, float16 (CUDA) or bfloat16")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     gen.add_argument("-o", "--output", default="grid.png", help="output PNG")

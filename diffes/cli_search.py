@@ -11,45 +11,6 @@ from diffes.errors import ConfigError
 
 __all__ = ["add_search_commands"]
 
-HELP = {
-    "name": "run name (default: run-<date>-<time>)",
-    "runs_dir": "folder that holds the runs",
-    "model": "zoo model name or a saved ZooPipeline folder",
-    "budget": "mean cost per step as a fraction of dense (e.g. 0.5)",
-    "cost": "budget measure: macs, or latency (measured per level on this device)",
-    "algorithm": "ga, nsga2 (Pareto front over budgets) or islands",
-    "population": "survivors per generation (mu), per island",
-    "offspring": "children per generation (lambda), per island",
-    "stages": "stages of the trajectory (one level each)",
-    "steps": "sampling steps of the search trajectory",
-    "levels": "sparsity levels, e.g. 0,0.1,...,0.7 or heads:8,6,4,2",
-    "importance": "magnitude, taylor or activation",
-    "probes": "fitness probes per class",
-    "metric": "fitness metric: classifier, lpips, lpips-vgg, clip, ssim, psnr, mse",
-    "lpips_weights": "a full LPIPS state dict, for clusters without internet",
-    "clip_weights": "a local transformers CLIP folder",
-    "executor": "local (in-process) or ray",
-    "address": "Ray cluster address (default: RAY_ADDRESS, a running cluster, or a new local one)",
-    "workers": "Ray workers (default: one per GPU, else one per CPU)",
-    "gpus_per_worker": "GPUs per Ray worker (default: 1 where the cluster has GPUs)",
-    "export": "export the best schedule as a routed checkpoint at the end",
-    "device": "cpu, cuda, cuda:1 (default: cuda if present) for the local executor",
-    "generations": "generations after the initial population",
-    "cxpb": "probability that a child comes from crossover",
-    "mutpb": "probability that a child comes from mutation",
-    "islands": "populations in islands mode (ring migration)",
-    "migration_interval": "generations between migrations (islands mode)",
-    "hall_of_fame": "best schedules kept in the hall of fame",
-    "seed": "seed of every random draw of the run",
-    "axis": "width (heads, MLP units, channels) or depth (whole transformer blocks)",
-    "nested": "one unit order per layer for all stages: zero-copy routing",
-    "compensate": "least-squares refit of the layers that consume pruned units",
-    "calibration_probes": "samples of the dense trajectory used to calibrate the library",
-    "probe_seed": "seed of the probes' initial noise",
-    "guidance": "classifier-free guidance scale",
-    "cache_mb": "bound of the evaluator's stage-boundary latent cache",
-}
-
 
 def _flag_type(hint: Any) -> Any:
     if get_origin(hint) in (Union, types.UnionType):
@@ -69,7 +30,7 @@ def add_search_commands(sub: Any) -> None:
         kw: dict[str, Any] = {
             "default": None,
             "dest": field.name,
-            "help": HELP.get(field.name, field.name.replace("_", " ")),
+            "help": field.metadata["help"],
         }
         if kind is bool:
             search.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

@@ -9,7 +9,6 @@ for bit.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ from typing import Any
 import torch
 
 from diffes.fitness.base import Metric
-from diffes.fitness.teacher import Teacher
+from diffes.fitness.teacher import Teacher, step_generator
+from diffes.models.adapters import SamplingAdapter
+from diffes.models.steps import clone_scheduler
 from diffes.routing.router import Router
 from diffes.stages import StageSchedule
 
@@ -41,23 +42,45 @@ class EvaluatorStats:
 
 @dataclass
 class _State:
+    """Where a trajectory is at a stage boundary: latents, the scheduler (multistep schedulers keep history) and
+    the generator of stochastic schedulers' step noise."""
+
     latents: torch.Tensor
     scheduler: Any
+    generator: torch.Generator
 
     def nbytes(self) -> int:
-        return self.latents.numel() * self.latents.element_size()
+        tensors = [self.latents, *_tensors(vars(self.scheduler))]
+        return sum(t.numel() * t.element_size() for t in tensors) + self.generator.get_state().numel()
+
+    def copy(self) -> _State:
+        generator = torch.Generator(self.generator.device)
+        generator.set_state(self.generator.get_state())
+        return _State(self.latents, clone_scheduler(self.scheduler), generator)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor inside a scheduler's state (its sigmas, timesteps, stored model outputs)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
 
 
 @dataclass
 class Evaluator:
-    """``evaluate(genomes) -> distances`` for a zoo pipeline whose denoiser ``router`` routes."""
+    """``evaluate(genomes) -> distances`` for a pipeline (through its sampling adapter) whose denoiser ``router``
+    routes."""
 
-    pipe: Any
+    adapter: SamplingAdapter
     router: Router
     teacher: Teacher
     metric: Metric
     stages: StageSchedule
-    cache_mb: float = 256.0
+    prefix_cache_mb: float = 256.0
     share_prefixes: bool = True
     on_scored: Callable[[], None] | None = None  # progress: called after each genome is scored
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
@@ -66,14 +89,15 @@ class Evaluator:
     _cache_bytes: int = 0
 
     def __post_init__(self) -> None:
-        device = self.pipe.denoiser.device
-        self._labels = self.teacher.probes.labels.to(device)
-        self._x_t = self.teacher.probes.latents.to(device)
-        self.pipe.scheduler.set_timesteps(self.stages.num_steps, device=device)
-        self._timesteps = self.pipe.scheduler.timesteps.clone()
+        probes = self.teacher.probes
+        self._prepared = self.adapter.prepare(probes.cond, self.teacher.guidance)
+        scheduler = clone_scheduler(self.adapter.pipe.scheduler)
+        self.adapter.set_timesteps(scheduler, self.stages.num_steps)
+        self.adapter.begin(scheduler)
+        self._timesteps = scheduler.timesteps.clone()
         if len(self._timesteps) != self.stages.num_steps:
             raise ValueError(f"scheduler gives {len(self._timesteps)} timesteps for {self.stages.num_steps} steps")
-        self._root = _State(self._x_t, copy.deepcopy(self.pipe.scheduler))
+        self._root = _State(probes.latents.to(self.adapter.device), scheduler, step_generator(probes))
 
     def __call__(self, genomes: list[Genome]) -> list[float]:
         return self.evaluate(genomes)
@@ -97,7 +121,7 @@ class Evaluator:
         """Final images in [0, 1] of the probes under ``genome``."""
         g = tuple(int(x) for x in genome)
         state = self._state_after(g, len(g))
-        return self.pipe.postprocess(state.latents, "pt").cpu()
+        return self.adapter.decode(state.latents)
 
     def _score(self, genome: Genome) -> float:
         return float(self.metric(self.sample(genome), self.teacher.images).mean())
@@ -124,21 +148,19 @@ class Evaluator:
         if self.router.current != (stage, level):
             self.stats.switches += 1
         self.router.set_level(stage, level)
-        scheduler = copy.deepcopy(state.scheduler)  # multistep schedulers keep history; never share it
-        latents = state.latents
-        guidance = self.teacher.guidance_scale
+        state = state.copy()  # a cached boundary state is shared by every genome with that prefix
+        latents, guidance = state.latents, self.teacher.guidance
         for step in self.stages.steps_of(stage):
             t = self._timesteps[step]
-            noise = self.pipe.predict_noise(latents, t, self._labels, guidance)
-            latents = scheduler.step(noise, t, latents).prev_sample
+            latents = self.adapter.step(state.scheduler, latents, t, self._prepared, guidance, state.generator)
             self.stats.denoiser_calls += 1
-        return _State(latents, scheduler)
+        return _State(latents, state.scheduler, state.generator)
 
     def _remember(self, prefix: Genome, state: _State) -> None:
         old = self._cache.pop(prefix, None)
         self._cache_bytes += state.nbytes() - (old.nbytes() if old is not None else 0)
         self._cache[prefix] = state
-        while self._cache and self._cache_bytes > self.cache_mb * 2**20:
+        while self._cache and self._cache_bytes > self.prefix_cache_mb * 2**20:
             _, evicted = self._cache.popitem(last=False)
             self._cache_bytes -= evicted.nbytes()
 

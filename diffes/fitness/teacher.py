@@ -1,8 +1,13 @@
-"""Probe set and teacher cache: fixed classes x fixed seeds, their initial noise and the dense samples."""
+"""Probe set and teacher cache: fixed conditions x fixed seeds, their encoded conditions, noise and dense images.
+
+The driver encodes the conditions once (class labels, or prompts through the pipeline's text encoders) and
+saves them here with the noise, so a worker needs neither a tokenizer nor a text encoder.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,45 +16,62 @@ import torch
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
+from diffes.models.adapters import Cond, Guidance, SamplingAdapter
 
-__all__ = ["ProbeSet", "Teacher", "make_probes", "sample_dense"]
+__all__ = ["ProbeSet", "Teacher", "make_probes", "sample_dense", "step_generator"]
 
 
 @dataclass(frozen=True)
 class ProbeSet:
-    """``labels[i]`` sampled from ``latents[i]`` (the initial noise, drawn once from ``seed``)."""
+    """Sample ``i`` is ``conditions[i]`` (a class id or a prompt) from the noise ``latents[i]``, drawn from ``seed``.
 
-    labels: torch.Tensor
+    ``cond`` holds the encoded conditions, row ``i`` for sample ``i``.
+    """
+
+    conditions: tuple[Any, ...]
+    cond: Cond
     latents: torch.Tensor
     seed: int
+    negative_prompt: str | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.conditions)
 
 
-def make_probes(pipe: Any, per_class: int, seed: int, classes: list[int] | None = None) -> ProbeSet:
-    """``per_class`` probes for each class (all classes of the zoo pipeline by default), noise from ``seed``."""
-    if per_class < 1:
-        raise ConfigError("probes", per_class, "use at least 1 probe per class")
-    classes = list(range(pipe.num_classes)) if classes is None else classes
-    labels = torch.tensor([c for _ in range(per_class) for c in classes])
+def make_probes(
+    adapter: SamplingAdapter,
+    conditions: Sequence[Any],
+    per_condition: int,
+    seed: int,
+    guidance: Guidance,
+    negative_prompt: str | None = None,
+) -> ProbeSet:
+    """``per_condition`` probes for each condition (conditions inner, so any prefix covers them all)."""
+    if per_condition < 1:
+        raise ConfigError("probes", per_condition, "use at least 1 probe per condition")
+    unique = list(dict.fromkeys(conditions))
+    encoded = adapter.encode(unique, guidance, negative_prompt)  # each distinct condition once
+    rows = torch.tensor([unique.index(c) for _ in range(per_condition) for c in conditions])
+    cond = {k: v.index_select(0, rows) for k, v in encoded.items()}
+    probes = tuple(c for _ in range(per_condition) for c in conditions)
     generator = torch.Generator("cpu").manual_seed(seed)
-    latents = pipe.prepare_latents(len(labels), generator).cpu()
-    return ProbeSet(labels, latents, seed)
+    latents = adapter.initial_latents(len(probes), generator).cpu()
+    return ProbeSet(probes, cond, latents, seed, negative_prompt)
+
+
+def step_generator(probes: ProbeSet) -> torch.Generator:
+    """The generator of stochastic schedulers' step noise along a probe trajectory (seeded apart from the noise)."""
+    return torch.Generator("cpu").manual_seed(probes.seed + 1)
 
 
 @torch.no_grad()
-def sample_dense(pipe: Any, probes: ProbeSet, steps: int, guidance_scale: float) -> torch.Tensor:
-    """The dense pipeline's images in [0, 1] for the probes (one batch)."""
-    device = pipe.denoiser.device
-    out = pipe(
-        probes.labels.tolist(),
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        latents=probes.latents.to(device),
-        output_type="pt",
-    )
-    return out.images.cpu()
+def sample_dense(adapter: SamplingAdapter, probes: ProbeSet, steps: int, guidance: Guidance) -> torch.Tensor:
+    """The dense model's images in [0, 1] for the probes, on a copy of the pipeline's scheduler."""
+    from diffes.models.steps import clone_scheduler
+
+    scheduler = clone_scheduler(adapter.pipe.scheduler)
+    latents = adapter.sample(probes.cond, probes.latents, steps, guidance, step_generator(probes), scheduler)
+    return adapter.decode(latents)
 
 
 @dataclass(frozen=True)
@@ -59,21 +81,26 @@ class Teacher:
     probes: ProbeSet
     images: torch.Tensor
     steps: int
-    guidance_scale: float
+    guidance: Guidance
 
     @classmethod
-    def compute(cls, pipe: Any, probes: ProbeSet, steps: int, guidance_scale: float) -> Teacher:
-        return cls(probes, sample_dense(pipe, probes, steps, guidance_scale), steps, guidance_scale)
+    def compute(cls, adapter: SamplingAdapter, probes: ProbeSet, steps: int, guidance: Guidance) -> Teacher:
+        return cls(probes, sample_dense(adapter, probes, steps, guidance), steps, guidance)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
-        meta = {"seed": str(self.probes.seed), "steps": str(self.steps), "guidance_scale": str(self.guidance_scale)}
-        tensors = {"labels": self.probes.labels, "latents": self.probes.latents, "images": self.images}
-        write_tensors(path, tensors, metadata=meta)
-        write_json(
-            path.with_suffix(".json"),
-            {"seed": self.probes.seed, "steps": self.steps, "guidance_scale": self.guidance_scale},
-        )
+        tensors = {"latents": self.probes.latents, "images": self.images}
+        tensors |= {f"cond/{k}": v for k, v in self.probes.cond.items()}
+        write_tensors(path, tensors)
+        g = self.guidance
+        meta = {
+            "seed": self.probes.seed,
+            "steps": self.steps,
+            "guidance": {"kind": g.kind, "scale": g.scale, "rescale": g.rescale},
+            "conditions": list(self.probes.conditions),
+            "negative_prompt": self.probes.negative_prompt,
+        }
+        write_json(path.with_suffix(".json"), meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Teacher:
@@ -81,7 +108,11 @@ class Teacher:
         meta = read_json(path.with_suffix(".json"))
         t = read_tensors(path)
         try:
-            probes = ProbeSet(t["labels"], t["latents"], int(meta["seed"]))
-            return cls(probes, t["images"], int(meta["steps"]), float(meta["guidance_scale"]))
-        except KeyError as e:
-            raise CheckpointError(f"{path}: entry {e} is missing; the teacher cache is corrupt") from None
+            cond = {k[len("cond/") :]: v for k, v in t.items() if k.startswith("cond/")}
+            g = meta["guidance"]
+            guidance = Guidance(g["kind"], float(g["scale"]), float(g["rescale"]))
+            conditions = tuple(meta["conditions"])
+            probes = ProbeSet(conditions, cond, t["latents"], int(meta["seed"]), meta.get("negative_prompt"))
+            return cls(probes, t["images"], int(meta["steps"]), guidance)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: entry {e} is missing or malformed; the teacher cache is corrupt") from None

@@ -9,11 +9,19 @@ from typing import Any
 
 import torch
 
-from diffes.errors import ConfigError, MissingWeightsError
+from diffes.errors import ConfigError, MissingWeightsError, UnsupportedModelError
 from diffes.models.pipeline import ZooPipeline
 from diffes.models.zoo import ZOO, get_entry, load_model, sampling_scheduler
 
-__all__ = ["load_pipeline", "load_pipeline_folder", "is_zoo_model", "pick_device", "fast_cpu_math"]
+__all__ = [
+    "load_pipeline",
+    "load_pipeline_folder",
+    "is_zoo_model",
+    "model_conditioning",
+    "pick_device",
+    "torch_dtype",
+    "fast_cpu_math",
+]
 
 
 def fast_cpu_math() -> None:
@@ -35,16 +43,59 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_pipeline_folder(path: Path) -> Any:
-    """A pipeline saved with ``save_pretrained`` (ours or any diffusers class), from local files only."""
+def pipeline_class(path: Path) -> str:
+    """The pipeline class a ``save_pretrained`` folder names in its ``model_index.json``."""
     index = path / "model_index.json"
     if not index.is_file():
         raise MissingWeightsError(f"model={str(path)!r}: {index} is missing; not a diffusers pipeline folder")
-    if json.loads(index.read_text()).get("_class_name") == ZooPipeline.__name__:
-        return ZooPipeline.from_pretrained(path, local_files_only=True)
+    try:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        name = None
+    if not isinstance(name, str):
+        raise MissingWeightsError(f"model={str(path)!r}: {index} names no _class_name; re-save the pipeline")
+    return name
+
+
+def model_conditioning(model: str) -> str:
+    """``"classes"`` or ``"prompts"``: what a zoo name or a pipeline folder is conditioned on, without loading it;
+    an unsupported pipeline class or an unknown name is a one-line error."""
+    from diffes.models.adapters import ADAPTERS, family_of
+
+    if is_zoo_model(model):
+        if get_entry(model).kind == "classifier":
+            raise ConfigError("model", model, "that is the judge classifier; pick a generator such as dit-digits")
+        return "classes"
+    path = Path(model)
+    if not path.is_dir():
+        get_entry(model)  # the unknown-name error, listing the zoo
+    name = pipeline_class(path)
+    family = family_of(name)
+    if family is None:
+        names = sorted(n for a in ADAPTERS for n in a.pipeline_classes)
+        raise UnsupportedModelError(f"pipeline={name}: not supported; diffes runs {', '.join(names)}")
+    return family.conditioning
+
+
+def torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype called ``name``; float16 needs a GPU (CPU kernels for half convolutions and attention are
+    missing or far slower than float32), bfloat16 runs on both."""
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ConfigError("dtype", name, f"use one of {', '.join(dtypes)}")
+    if name == "float16" and device.type == "cpu":
+        raise ConfigError("dtype", name, "float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
+    return dtypes[name]
+
+
+def load_pipeline_folder(path: Path, dtype: torch.dtype | None = None) -> Any:
+    """A pipeline saved with ``save_pretrained`` (ours or any diffusers class), from local files only."""
+    kwargs = {"local_files_only": True} | ({"torch_dtype": dtype} if dtype is not None else {})
+    if pipeline_class(path) == ZooPipeline.__name__:
+        return ZooPipeline.from_pretrained(path, **kwargs)
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(path, local_files_only=True)
+    return DiffusionPipeline.from_pretrained(path, **kwargs)
 
 
 def zoo_pipeline(name: str, weights: str | os.PathLike[str] | None = None) -> ZooPipeline:
@@ -52,16 +103,13 @@ def zoo_pipeline(name: str, weights: str | os.PathLike[str] | None = None) -> Zo
     return ZooPipeline(sampling_scheduler(), **{get_entry(name).kind: load_model(name, weights)})
 
 
-def load_pipeline(model: str, device: str | torch.device | None = None) -> Any:
+def load_pipeline(model: str, device: str | torch.device | None = None, dtype: str = "float32") -> Any:
     """A zoo name gives a ``ZooPipeline``; a folder with ``model_index.json`` gives its diffusers pipeline."""
     dev = pick_device(str(device) if device is not None else None)
+    model_conditioning(model)  # the one-line errors for unknown names and unsupported classes
+    torch_type = torch_dtype(dtype, dev)
     if is_zoo_model(model):
-        entry = get_entry(model)
-        if entry.kind == "classifier":
-            raise ConfigError("model", model, "that is the judge classifier; pick a generator such as dit-digits")
-        return zoo_pipeline(model).to(dev)
-    path = Path(model)
-    if path.is_dir():
-        return load_pipeline_folder(path).to(dev)
-    get_entry(model)  # raises the unknown-name error that lists the zoo
-    raise AssertionError("unreachable")
+        pipe = zoo_pipeline(model).to(dev, torch_type)
+    else:
+        pipe = load_pipeline_folder(Path(model), torch_type).to(dev)
+    return pipe

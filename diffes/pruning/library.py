@@ -72,13 +72,17 @@ class LevelCost:
 
 
 def zoo_runner(config: PruningConfig) -> Callable[[Any, int], Any]:
-    """Calibration run for a zoo pipeline: classes in turn, seeded noise, the pipeline's guidance."""
+    """The default calibration run for class-conditional pipelines: every class in turn, seeded noise, the
+    configured guidance (text-to-image pipelines need prompts: pass ``run``)."""
+    from diffes.models.adapters import Guidance, adapter_for, calibration_runner
 
     def run(pipe: Any, steps: int) -> Any:
-        labels = [i % pipe.num_classes for i in range(config.probes)]
-        generator = torch.Generator().manual_seed(config.seed)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe(labels, num_inference_steps=steps, guidance_scale=config.guidance_scale, generator=generator)
+        adapter = adapter_for(pipe)
+        if adapter.conditioning != "classes":
+            raise ConfigError("run", None, f"{type(pipe).__name__} needs prompts: pass a calibration run")
+        classes = list(range(adapter.num_classes))  # type: ignore[attr-defined]
+        guidance = Guidance("cfg", config.guidance_scale)
+        return calibration_runner(adapter, classes, config.probes, config.seed, guidance)(pipe, steps)
 
     return run
 

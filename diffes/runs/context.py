@@ -9,22 +9,27 @@ from diffes.fitness import get_metric
 from diffes.fitness.base import Metric
 from diffes.fitness.evaluator import Evaluator
 from diffes.fitness.teacher import Teacher, make_probes
+from diffes.models.adapters import SamplingAdapter, adapter_for, calibration_runner
 from diffes.models.loading import load_pipeline
 from diffes.pruning.library import PruningLibrary, build_library
 from diffes.routing.router import Router
 from diffes.runs.config import RunConfig
 from diffes.runs.rundir import RunDir
 
-__all__ = ["RunContext", "prepare", "local_context", "load_context", "make_metric"]
+__all__ = ["RunContext", "prepare", "local_context", "load_context", "make_metric", "load_adapter", "run_conditions"]
 
 
 @dataclass
 class RunContext:
-    pipe: Any
+    adapter: SamplingAdapter
     library: PruningLibrary
     teacher: Teacher
     router: Router
     evaluator: Evaluator
+
+    @property
+    def pipe(self) -> Any:
+        return self.adapter.pipe
 
 
 def make_metric(config: RunConfig) -> Metric:
@@ -34,39 +39,58 @@ def make_metric(config: RunConfig) -> Metric:
     return get_metric(config.metric, weights=weights)
 
 
-def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Any, PruningLibrary, Teacher]:
+def load_adapter(config: RunConfig, device: str | None = None) -> SamplingAdapter:
+    """The run's pipeline (in its dtype, on ``device`` or the run's device) behind its family's adapter."""
+    pipe = load_pipeline(config.model, device=device or config.device, dtype=config.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return adapter_for(pipe, config.height, config.width)
+
+
+def run_conditions(config: RunConfig, adapter: SamplingAdapter) -> list[Any]:
+    return config.conditions(getattr(adapter, "num_classes", None))
+
+
+def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[SamplingAdapter, PruningLibrary, Teacher]:
     """Load or build (and save) the library and the teacher; a crash in between just redoes the missing part."""
     make_metric(config)  # fail on missing metric weights before any expensive work
-    pipe = load_pipeline(config.model, device=config.device)
+    adapter = load_adapter(config)
+    guidance = config.guidance_config()
+    adapter.check_guidance(guidance)
+    conditions = run_conditions(config, adapter)
     if not run.has_library():
-        build_library(pipe, config.pruning_config(), progress=progress).save(run.library_dir)
+        run_fn = calibration_runner(
+            adapter, conditions, config.calibration_samples, config.seed, guidance, config.negative_prompt
+        )
+        build_library(adapter.pipe, config.pruning_config(), run=run_fn, progress=progress).save(run.library_dir)
     library = PruningLibrary.load(run.library_dir)  # one source of truth, fresh or resumed
     if run.has_teacher():
         teacher = Teacher.load(run.teacher_file)
     else:
-        probes = make_probes(pipe, config.probes, config.probe_seed)
-        teacher = Teacher.compute(pipe, probes, config.steps, config.guidance)
+        probes = make_probes(adapter, conditions, config.probes, config.probe_seed, guidance, config.negative_prompt)
+        teacher = Teacher.compute(adapter, probes, config.steps, guidance)
         teacher.save(run.teacher_file)
-    return pipe, library, teacher
+    return adapter, library, teacher
 
 
 def load_context(run_path: str, device: str | None = None) -> RunContext:
-    """A worker's context: the library and teacher must already be in the run directory."""
+    """A worker's context: the library and teacher (with the encoded conditions) must be in the run directory."""
     run = RunDir.open(run_path)
     config = run.config()
-    pipe = load_pipeline(config.model, device=device)
+    adapter = load_adapter(config, device)
     library = PruningLibrary.load(run.library_dir)
     teacher = Teacher.load(run.teacher_file)
-    return _context(pipe, library, teacher, make_metric(config), config)
+    return _context(adapter, library, teacher, make_metric(config), config)
 
 
 def local_context(run: RunDir, config: RunConfig, progress: bool = True) -> RunContext:
     """The driver's own evaluation context (local executor)."""
-    pipe, library, teacher = prepare(run, config, progress)
-    return _context(pipe, library, teacher, make_metric(config), config)
+    adapter, library, teacher = prepare(run, config, progress)
+    return _context(adapter, library, teacher, make_metric(config), config)
 
 
-def _context(pipe: Any, library: PruningLibrary, teacher: Teacher, metric: Metric, config: RunConfig) -> RunContext:
-    router = Router(pipe.denoiser, library)
-    evaluator = Evaluator(pipe, router, teacher, metric, library.schedule, cache_mb=config.cache_mb)
-    return RunContext(pipe, library, teacher, router, evaluator)
+def _context(
+    adapter: SamplingAdapter, library: PruningLibrary, teacher: Teacher, metric: Metric, config: RunConfig
+) -> RunContext:
+    router = Router(adapter.denoiser, library)
+    evaluator = Evaluator(adapter, router, teacher, metric, library.schedule, prefix_cache_mb=config.prefix_cache_mb)
+    return RunContext(adapter, library, teacher, router, evaluator)

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from diffes.errors import CheckpointError, ConfigError
-from diffes.models.loading import load_pipeline
 from diffes.pruning.library import PruningLibrary
 from diffes.routing import RoutingSchedule, export_routed
+from diffes.runs.context import load_adapter
 from diffes.runs.rundir import RunDir
 from diffes.search import SearchState, best, pareto_front
 
@@ -36,9 +36,9 @@ def export_run(run: RunDir, out: str | os.PathLike[str] | None = None, budget: f
     state = SearchState.from_json(checkpoint["search"])
     genome, distance, cost = choose_genome(state, budget)
     library = PruningLibrary.load(run.library_dir)
-    pipe = load_pipeline(config.model, device="cpu")
-    pipe.scheduler.set_timesteps(config.steps)
-    schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, genome)
+    adapter = load_adapter(config)  # the dense pipeline as the run loads it (its dtype and device)
+    pipe = adapter.pipe
+    schedule = RoutingSchedule.from_stages(library.schedule, adapter.timesteps(config.steps), genome)
     extra = {"run": str(run.path), "generation": state.generation, "distance": distance, "budget_cost": cost}
     if out is not None:
         return export_routed(out, pipe, library, schedule, extra=extra)

@@ -21,7 +21,7 @@ from diffes.runs.export import export_run
 from diffes.runs.rng import capture_rng, restore_rng, seed_all
 from diffes.runs.rundir import RunDir
 from diffes.runs.samples import sample_schedules, save_side_by_side
-from diffes.search import Budget, SearchState, best, init_search, make_toolbox, next_generation, pareto_front
+from diffes.search import Budget, SearchState, best, init_search, make_toolbox, pareto_front, run_search
 from diffes.search.executors import Executor, LocalExecutor, RayExecutor, connect_ray
 
 __all__ = ["SearchResult", "start_run", "resume_run", "make_budget", "uniform_genome"]
@@ -70,7 +70,7 @@ def uniform_genome(budget: Budget) -> tuple[int, ...]:
 
 
 def start_run(config: RunConfig, progress: bool = True) -> SearchResult:
-    run = RunDir.create(config.with_name())
+    run = RunDir.create(config.resolved())
     try:
         return _run(run, run.config(), progress)
     except DiffesError:
@@ -90,23 +90,18 @@ def resume_run(path: str, generations: int | None = None, progress: bool = True)
     return _run(run, config, progress)
 
 
-def _executor(run: RunDir, config: RunConfig, bar: GenerationBar) -> tuple[Executor, Any]:
+def _executor(run: RunDir, config: RunConfig, bar: GenerationBar) -> Executor:
     if config.executor == "local":
         context = local_context(run, config, progress=bar.enabled)
         context.evaluator.on_scored = bar.advance
-        return LocalExecutor(progress=_StartFinish(bar)), context.evaluator.evaluate
+        return LocalExecutor(context.evaluator.evaluate, progress=_StartFinish(bar))
     connect_ray(config.address)  # an unreachable cluster fails here, before any expensive work
     prepare(run, config, progress=bar.enabled)  # workers load these files; build them once, here
     from diffes.runs.worker import worker_evaluator
 
     # one torch thread per worker: a worker is one CPU slot (or drives one GPU)
     args = (str(run.path.resolve()), 1)
-    executor = RayExecutor(worker_evaluator, args, config.workers, config.gpus_per_worker, progress=bar)
-    return executor, _remote_only
-
-
-def _remote_only(genomes: list[tuple[int, ...]]) -> list[float]:
-    raise RuntimeError("evaluation runs on the Ray workers")
+    return RayExecutor(worker_evaluator, args, config.workers, config.gpus_per_worker, progress=bar)
 
 
 class _StartFinish:
@@ -128,16 +123,19 @@ class _StartFinish:
 def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
     seed_all(config.seed)
     bar = GenerationBar(progress)
-    executor, evaluate = _executor(run, config, bar)
+    executor = _executor(run, config, bar)
     try:
         library = PruningLibrary.load(run.library_dir)
         budget = make_budget(config, library)
-        toolbox = make_toolbox(config.search_config(), budget, evaluate, executor.map)
+        toolbox = make_toolbox(config.search_config(), budget, executor.map)
         state = _initial_state(run, config, budget, toolbox, bar)
-        while state.generation < config.generations:
-            bar.label, bar.best = f"gen {state.generation + 1}/{config.generations}", best(state)[1]
-            state = next_generation(state, toolbox)
-            _checkpoint(run, state, executor)
+
+        def on_generation(done: SearchState) -> None:
+            _checkpoint(run, done, executor)
+            bar.label, bar.best = f"gen {done.generation + 1}/{config.generations}", best(done)[1]
+
+        bar.label, bar.best = f"gen {state.generation + 1}/{config.generations}", best(state)[1]
+        state = run_search(config.search_config(), budget, toolbox, state, on_generation)
         summary = _summary(state, budget, library, toolbox)
         run.write_best(summary)
     finally:
@@ -152,10 +150,10 @@ def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
 
 def write_samples(run: RunDir, summary: dict[str, Any]) -> Path:
     """samples.png: dense | best schedule | uniform schedule at the same budget, same noise."""
-    per_class = 4
+    per_condition = 4
     genomes = {"dense": None, "best": summary["genome"], "uniform": summary["uniform"]["genome"]}
-    images = sample_schedules(run, genomes, per_class=per_class)
-    return save_side_by_side(images, run.path / "samples.png", rows=len(images["dense"]) // per_class)
+    images = sample_schedules(run, genomes, per_condition=per_condition)
+    return save_side_by_side(images, run.path / "samples.png", rows=len(images["dense"]) // per_condition)
 
 
 def _initial_state(run: RunDir, config: RunConfig, budget: Budget, toolbox: Any, bar: GenerationBar) -> SearchState:

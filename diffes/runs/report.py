@@ -154,7 +154,7 @@ def _samples(data: ReportData, out: Path, per_class: int) -> dict[str, Path]:
     from diffes.runs.samples import sample_schedules
 
     genomes: dict[str, Sequence[int] | None] = {"dense": None, "best": data.best.genome, "uniform": data.uniform.genome}
-    images = sample_schedules(data.run, genomes, per_class=per_class)
+    images = sample_schedules(data.run, genomes, per_condition=per_class)
     return {k: save_grid(v, out / f"samples_{k}.png", rows=len(v) // per_class) for k, v in images.items()}
 
 

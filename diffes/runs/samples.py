@@ -1,4 +1,4 @@
-"""Side-by-side samples of a run: dense | searched schedule | uniform schedule, same seeds."""
+"""Side-by-side samples of a run: dense | searched schedule | uniform schedule, same noise."""
 
 from __future__ import annotations
 
@@ -9,35 +9,38 @@ from pathlib import Path
 import torch
 
 from diffes.images import save_grid
-from diffes.models.loading import load_pipeline
 from diffes.pruning.library import PruningLibrary
 from diffes.routing import RoutingSchedule, apply
+from diffes.runs.context import load_adapter, run_conditions
 from diffes.runs.rundir import RunDir
 
 __all__ = ["sample_schedules", "save_side_by_side"]
 
+MAX_ROWS = 10  # conditions shown, one row each
+
 
 @torch.no_grad()
 def sample_schedules(
-    run: RunDir, genomes: dict[str, Sequence[int] | None], per_class: int = 4, seed: int = 1234
+    run: RunDir, genomes: dict[str, Sequence[int] | None], per_condition: int = 4, seed: int = 1234
 ) -> dict[str, torch.Tensor]:
-    """Images for each named genome (``None``: the dense model), classes in order, shared noise."""
+    """Images for each named genome (``None``: the dense model), conditions in order, shared noise."""
     config = run.config()
     library = PruningLibrary.load(run.library_dir)
-    pipe = load_pipeline(config.model, device=config.device)
-    pipe.set_progress_bar_config(disable=True)
-    labels = [c for c in range(pipe.num_classes) for _ in range(per_class)]
-    latents = pipe.prepare_latents(len(labels), torch.Generator("cpu").manual_seed(seed))
-    pipe.scheduler.set_timesteps(config.steps)
-    timesteps = pipe.scheduler.timesteps.clone()
+    adapter = load_adapter(config)
+    guidance = config.guidance_config()
+    shown = run_conditions(config, adapter)[:MAX_ROWS]
+    conditions = [c for c in shown for _ in range(per_condition)]
+    cond = adapter.encode(conditions, guidance, config.negative_prompt)
+    latents = adapter.initial_latents(len(conditions), torch.Generator("cpu").manual_seed(seed))
+    timesteps = adapter.timesteps(config.steps)
     out = {}
     for name, genome in genomes.items():
         handle = None
         if genome is not None:
-            handle = apply(pipe, library, RoutingSchedule.from_stages(library.schedule, timesteps, genome))
+            handle = apply(adapter.pipe, library, RoutingSchedule.from_stages(library.schedule, timesteps, genome))
         try:
-            kwargs = {"guidance_scale": config.guidance, "latents": latents, "output_type": "pt"}
-            out[name] = pipe(labels, num_inference_steps=config.steps, **kwargs).images.cpu()
+            generator = torch.Generator("cpu").manual_seed(seed + 1)
+            out[name] = adapter.decode(adapter.sample(cond, latents, config.steps, guidance, generator))
         finally:
             if handle is not None:
                 handle.remove()

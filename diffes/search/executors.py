@@ -1,4 +1,7 @@
-"""Executors: where ``toolbox.map(evaluate, genomes)`` runs. In-process, or on Ray actors.
+"""Executors: where a generation's genomes are scored, ``executor.map(genomes)``. In-process, or on Ray actors.
+
+An executor's ``map`` is what the search registers as ``toolbox.evaluate`` (a batch in, distances out), so
+overriding ``toolbox.evaluate`` replaces the executor whole instead of being silently ignored on a cluster.
 
 A Ray worker is an actor built by a *factory* (an importable function and plain arguments such as the
 run directory's path): it loads the model, library and teacher itself, once. Dispatch is dynamic;
@@ -41,22 +44,23 @@ class _Silent:
 class Executor(Protocol):
     progress: Progress
 
-    def map(self, evaluate: Callable[[list[Genome]], Sequence[float]], genomes: Iterable[Genome]) -> list[float]: ...
+    def map(self, genomes: Iterable[Genome]) -> list[float]: ...
 
     def close(self) -> None: ...
 
 
 @dataclass
 class LocalExecutor:
-    """The whole batch in one in-process call, so the evaluator shares every prefix."""
+    """The whole batch in one in-process call of ``evaluate``, so the evaluator shares every prefix."""
 
+    evaluate: Callable[[list[Genome]], Sequence[float]]
     progress: Progress = field(default_factory=_Silent)
 
-    def map(self, evaluate: Callable[[list[Genome]], Sequence[float]], genomes: Iterable[Genome]) -> list[float]:
+    def map(self, genomes: Iterable[Genome]) -> list[float]:
         batch = list(genomes)
         self.progress.start(len(batch))
         try:
-            return [float(x) for x in evaluate(batch)]
+            return [float(x) for x in self.evaluate(batch)]
         finally:
             self.progress.finish()
 
@@ -168,8 +172,8 @@ class RayExecutor:
         size = -(-len(ordered) // n)
         return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
-    def map(self, evaluate: Callable[[list[Genome]], Sequence[float]], genomes: Iterable[Genome]) -> list[float]:
-        """``evaluate`` runs on the workers (their own evaluators); the local function is not shipped."""
+    def map(self, genomes: Iterable[Genome]) -> list[float]:
+        """Score ``genomes`` on the workers, each with the evaluator its factory built."""
         import ray
 
         wanted = list(genomes)

@@ -9,6 +9,7 @@ from tiny import zoo_pipeline
 from diffes.fitness import get_metric
 from diffes.fitness.evaluator import Evaluator
 from diffes.fitness.teacher import Teacher, make_probes
+from diffes.models.adapters import Guidance, adapter_for
 from diffes.pruning import PruningConfig, build_library
 from diffes.routing import Router
 
@@ -19,14 +20,15 @@ STEPS, STAGES = 8, 4
 def setup() -> tuple:
     pipe = zoo_pipeline("dit-digits", trained=True)
     library = build_library(pipe, PruningConfig(stages=STAGES, steps=STEPS, probes=10), progress=False)
-    teacher = Teacher.compute(pipe, make_probes(pipe, per_class=1, seed=7), STEPS, guidance_scale=2.0)
-    router = Router(pipe.denoiser, library)
-    return pipe, library, teacher, router
+    adapter, guidance = adapter_for(pipe), Guidance("cfg", 2.0)
+    teacher = Teacher.compute(adapter, make_probes(adapter, list(range(10)), 1, 7, guidance), STEPS, guidance)
+    router = Router(adapter.denoiser, library)
+    return adapter, library, teacher, router
 
 
 def make(setup: tuple, **kw: object) -> Evaluator:
-    pipe, library, teacher, router = setup
-    return Evaluator(pipe, router, teacher, get_metric("mse"), library.schedule, **kw)  # type: ignore[arg-type]
+    adapter, library, teacher, router = setup
+    return Evaluator(adapter, router, teacher, get_metric("mse"), library.schedule, **kw)  # type: ignore[arg-type]
 
 
 def population(seed: int, n: int = 12) -> list[tuple[int, ...]]:
@@ -68,7 +70,7 @@ def test_memo_and_order_independence(setup: tuple) -> None:
 def test_cache_is_bounded(setup: tuple) -> None:
     teacher = setup[2]
     one_entry_mb = teacher.probes.latents.numel() * 4 / 2**20
-    evaluator = make(setup, cache_mb=2.5 * one_entry_mb)
+    evaluator = make(setup, prefix_cache_mb=2.5 * one_entry_mb)
     evaluator.evaluate(population(3))
     assert evaluator.cached_prefixes() <= 2
 
@@ -79,4 +81,7 @@ def test_teacher_round_trip(tmp_path: object, setup: tuple) -> None:
     teacher.save(path)
     loaded = Teacher.load(path)
     assert torch.equal(loaded.images, teacher.images) and torch.equal(loaded.probes.latents, teacher.probes.latents)
-    assert (loaded.steps, loaded.guidance_scale, loaded.probes.seed) == (teacher.steps, teacher.guidance_scale, 7)
+    assert (loaded.steps, loaded.guidance, loaded.probes.seed) == (teacher.steps, teacher.guidance, 7)
+    assert loaded.probes.conditions == teacher.probes.conditions
+    assert loaded.probes.cond.keys() == teacher.probes.cond.keys()
+    assert all(torch.equal(loaded.probes.cond[k], v) for k, v in teacher.probes.cond.items())

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 TINY = [
-    "--stages", "3", "--steps", "6", "--calibration-probes", "4", "--probes", "1",
+    "--stages", "3", "--steps", "6", "--calibration-samples", "4", "--probes", "1",
     "--population", "4", "--offspring", "4", "--generations", "4", "--no-export", "--quiet",
 ]  # fmt: skip
 

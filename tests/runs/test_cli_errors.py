@@ -74,12 +74,12 @@ def test_generate_and_prune_mistakes(capsys: pytest.CaptureFixture[str], tmp_pat
 
 def test_config_file_keys_match_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text('budget = 0.4\nstages = 5\ncalibration-probes = 8\nexecutor = "local"\n')
+    toml.write_text('budget = 0.4\nstages = 5\ncalibration-samples = 8\nexecutor = "local"\n')
     yaml = tmp_path / "c.yaml"
-    yaml.write_text("budget: 0.4\nstages: 5\ncalibration_probes: 8\n")
+    yaml.write_text("budget: 0.4\nstages: 5\ncalibration_samples: 8\n")
     for path in (toml, yaml):
         config = RunConfig.from_dict(load_config_file(path))
-        assert (config.budget, config.stages, config.calibration_probes) == (0.4, 5, 8)
+        assert (config.budget, config.stages, config.calibration_samples) == (0.4, 5, 8)
     bad = tmp_path / "bad.toml"
     bad.write_text("budgett = 0.4\n")
     assert "budgett" in fails(capsys, "search", "--config", str(bad))

@@ -27,7 +27,7 @@ from diffes.runs.rng import capture_rng
 from diffes.search import init_search, make_toolbox, next_generation
 
 TINY = dict(
-    stages=3, steps=6, calibration_probes=4, probes=1, population=4, offspring=4, generations=2, export=False
+    stages=3, steps=6, calibration_samples=4, probes=1, population=4, offspring=4, generations=2, export=False
 )  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def test_local_executor_passes_the_whole_batch() -> None:
         batches.append(len(gs))
         return [float(sum(g)) + 0.5 * g[0] for g in gs]
 
-    assert LocalExecutor().map(evaluate, genomes()) == expected()
+    assert LocalExecutor(evaluate).map(genomes()) == expected()
     assert batches == [len(genomes())]
 
 
@@ -54,8 +54,8 @@ def test_one_actor_per_gpu_with_cpu_fallback(ray_address: str) -> None:
     executor = RayExecutor(SumScorer, (None, None))
     try:
         assert executor.workers == 2 and executor.gpus_per_worker == 1.0  # two declared GPUs
-        assert executor.map(None, genomes()) == expected()  # type: ignore[arg-type]
-        assert executor.map(None, list(reversed(genomes()))) == list(reversed(expected()))  # type: ignore[arg-type]
+        assert executor.map(genomes()) == expected()
+        assert executor.map(list(reversed(genomes()))) == list(reversed(expected()))
     finally:
         executor.close()
 
@@ -64,7 +64,7 @@ def test_work_of_a_dead_worker_is_sent_again(ray_address: str, tmp_path: Path) -
     executor = RayExecutor(SumScorer, ((2, 2, 1), str(tmp_path / "died")), gpus_per_worker=0, workers=2)
     try:
         dead_before = list(executor.actors)
-        assert executor.map(None, genomes()) == expected()  # type: ignore[arg-type]
+        assert executor.map(genomes()) == expected()
         assert (tmp_path / "died").exists() and executor.restarts == 1
         assert len(executor.actors) == 2 and len(set(executor.actors) & set(dead_before)) == 1
     finally:

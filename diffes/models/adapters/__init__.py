@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from diffes.errors import UnsupportedModelError
 from diffes.models.adapters.base import Cond, Conditioning, Guidance, GuidanceKind, SamplingAdapter
@@ -15,7 +18,17 @@ from diffes.models.adapters.text import (
     StableDiffusionXLAdapter,
 )
 
-__all__ = ["ADAPTERS", "Cond", "Conditioning", "Guidance", "GuidanceKind", "SamplingAdapter", "adapter_for"]
+__all__ = [
+    "ADAPTERS",
+    "Cond",
+    "Conditioning",
+    "Guidance",
+    "GuidanceKind",
+    "SamplingAdapter",
+    "adapter_for",
+    "calibration_runner",
+    "family_of",
+]
 
 # a new family is one new entry here
 ADAPTERS: tuple[type[SamplingAdapter], ...] = (
@@ -42,3 +55,24 @@ def adapter_for(pipe: Any, height: int | None = None, width: int | None = None) 
 def family_of(class_name: str) -> type[SamplingAdapter] | None:
     """The adapter class for a pipeline class name (from ``model_index.json``), before anything is loaded."""
     return _BY_CLASS.get(class_name)
+
+
+def calibration_runner(
+    adapter: SamplingAdapter,
+    conditions: list[Any],
+    samples: int,
+    seed: int,
+    guidance: Guidance,
+    negative_prompt: str | None = None,
+) -> Callable[[Any, int], Any]:
+    """A dense run of ``samples`` samples (the conditions in turn, seeded noise) on the pipeline's own scheduler,
+    so that step hooks see it: what library calibration records."""
+
+    def run(pipe: Any, steps: int) -> Any:
+        picked = [conditions[i % len(conditions)] for i in range(samples)]
+        cond = adapter.encode(picked, guidance, negative_prompt)
+        generator = torch.Generator().manual_seed(seed)
+        latents = adapter.initial_latents(samples, generator)
+        return adapter.sample(cond, latents, steps, guidance, generator)
+
+    return run

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -159,8 +159,10 @@ class SamplingAdapter(ABC):
         guidance: Guidance,
         generator: torch.Generator | None = None,
         scheduler: Any = None,
+        on_step: Callable[[], object] | None = None,
     ) -> torch.Tensor:
-        """A whole dense trajectory on ``scheduler`` (default: the pipeline's own, so step hooks see it)."""
+        """A whole trajectory on ``scheduler`` (default: the pipeline's own, so step hooks such as routing see it);
+        ``on_step`` is called after each step (progress bars)."""
         scheduler = self.pipe.scheduler if scheduler is None else scheduler
         self.set_timesteps(scheduler, num_steps)
         self.begin(scheduler)
@@ -168,6 +170,8 @@ class SamplingAdapter(ABC):
         latents = latents.to(self.device)
         for t in scheduler.timesteps:
             latents = self.step(scheduler, latents, t, prepared, guidance, generator)
+            if on_step is not None:
+                on_step()
         return latents
 
     @torch.no_grad()
