@@ -277,6 +277,9 @@ def clip_encoder(hidden: int, projection: int | None = None, seed: int = 2) -> o
         num_attention_heads=2,
         max_position_embeddings=16,
         projection_dim=projection or hidden,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
     model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
     return model.eval()
