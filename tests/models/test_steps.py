@@ -108,3 +108,19 @@ def test_same_hook_name_twice_is_rejected() -> None:
     with pytest.raises(UnsupportedModelError, match="already attached"):
         attach_step_hook(pipe, lambda s: None, "dup")
     handle.remove()
+
+
+def test_hooks_keep_set_timesteps_signature_for_sigmas() -> None:
+    """FluxPipeline always passes sigmas= (and mu=); retrieve_timesteps inspects set_timesteps' signature, which a
+    bare (*args, **kwargs) wrapper hides. With a diffes hook attached the pipeline must still run."""
+    from tiny import full_flux_pipeline
+
+    pipe = full_flux_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    seen, handle = record_steps(pipe)
+    try:
+        pipe("a 3", num_inference_steps=3, height=8, width=8, output_type="latent")
+    finally:
+        handle.remove()
+    assert [s.step for s in seen] == [0, 1, 2]
+    assert [s.timestep for s in seen] == [float(t) for t in pipe.scheduler.timesteps]
