@@ -85,8 +85,8 @@ def print_result(result: Any) -> None:
     print(f"best:     {b['genome']}  cost {b['cost']:.3f} of dense MACs  fitness {b['distance']:.5f}")
     u = b["uniform"]
     print(f"uniform:  {u['genome']}  cost {u['cost']:.3f} of dense MACs  fitness {u['distance']:.5f}")
-    if result.export:
-        print(f"export:   {result.export}  (sample: diffes generate --routed {result.export} -o grid.png)")
+    if result.exported:
+        print(f"export:   {result.exported}  (sample: diffes generate --routed {result.exported} -o grid.png)")
     print(f"samples:  {b['samples']}  (dense | best | uniform, same noise)")
 
 

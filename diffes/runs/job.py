@@ -6,6 +6,7 @@ uninterrupted run ends: the search state, the RNG states and the evaluator are a
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,14 +25,31 @@ from diffes.runs.samples import sample_schedules, save_side_by_side
 from diffes.search import Budget, SearchState, best, init_search, make_toolbox, pareto_front, run_search
 from diffes.search.executors import Executor, LocalExecutor, RayExecutor, connect_ray
 
-__all__ = ["SearchResult", "start_run", "resume_run", "make_budget", "uniform_genome"]
+__all__ = ["SearchResult", "start_run", "run_new", "resume_run", "make_budget", "uniform_genome"]
 
 
 @dataclass
 class SearchResult:
+    """A finished search: its run directory, the best schedule's summary and the export made at the end."""
+
     run: RunDir
     best: dict[str, Any]
-    export: Path | None
+    exported: Path | None
+
+    def apply(self, pipe: Any) -> Any:
+        """Route ``pipe`` (the searched pipeline, dense) by the best schedule; ``handle.remove()`` undoes it."""
+        from diffes.models.adapters import adapter_for
+        from diffes.routing import RoutingSchedule, apply
+
+        config = self.run.config()
+        library = PruningLibrary.load(self.run.library_dir)
+        timesteps = adapter_for(pipe, config.height, config.width).timesteps(config.steps)
+        schedule = RoutingSchedule.from_stages(library.schedule, timesteps, self.best["genome"])
+        return apply(pipe, library, schedule)
+
+    def export(self, out: str | os.PathLike[str]) -> Path:
+        """A routed checkpoint of the best schedule in ``out`` (see ``diffes.routing.load_routed``)."""
+        return export_run(self.run, out=out)
 
 
 class GenerationBar:
@@ -70,7 +88,11 @@ def uniform_genome(budget: Budget) -> tuple[int, ...]:
 
 
 def start_run(config: RunConfig, progress: bool = True) -> SearchResult:
-    run = RunDir.create(config.resolved())
+    return run_new(RunDir.create(config.resolved()), progress)
+
+
+def run_new(run: RunDir, progress: bool = True) -> SearchResult:
+    """Run a freshly created run directory; a mistake found while preparing leaves nothing behind."""
     try:
         return _run(run, run.config(), progress)
     except DiffesError:

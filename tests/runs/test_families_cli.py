@@ -51,7 +51,14 @@ def _condition_flags(family: str, root: Path) -> list[str]:
 @pytest.mark.parametrize("family", SAVED)
 def test_search_resume_export_generate(family: str, saved_pipelines: dict[str, Path], tmp_path: Path) -> None:
     model = saved_pipelines[family]
-    flags = ["--model", str(model), *_condition_flags(family, model.parent), *SMALL.split(), "--runs-dir", str(tmp_path)]
+    flags = [
+        "--model",
+        str(model),
+        *_condition_flags(family, model.parent),
+        *SMALL.split(),
+        "--runs-dir",
+        str(tmp_path),
+    ]
     assert main(["search", *flags, "--name", "run", "--generations", "1", "--no-export"]) == 0
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
