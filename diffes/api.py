@@ -64,7 +64,9 @@ def search(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    moved: dict[str, Any] = {"model": str(final)} | ({"prompts": str(final / "prompts.txt")} if prompts is not None else {})
+    moved: dict[str, Any] = {"model": str(final)} | (
+        {"prompts": str(final / "prompts.txt")} if prompts is not None else {}
+    )
     config = replace(config, **moved)
     write_json(run.config_file, config.to_dict())
     return run_new(run, progress)

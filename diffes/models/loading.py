@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffes.errors import ConfigError, MissingWeightsError, UnsupportedModelError
+from diffes import families
+from diffes.errors import ConfigError
 from diffes.models.pipeline import ZooPipeline
-from diffes.models.zoo import ZOO, get_entry, load_model, sampling_scheduler
+from diffes.models.zoo import get_entry, load_model, sampling_scheduler
 
 __all__ = [
     "load_pipeline",
@@ -31,7 +31,7 @@ def fast_cpu_math() -> None:
 
 
 def is_zoo_model(name: str) -> bool:
-    return name in ZOO
+    return families.is_zoo_name(name)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -43,38 +43,10 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pipeline_class(path: Path) -> str:
-    """The pipeline class a ``save_pretrained`` folder names in its ``model_index.json``."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise MissingWeightsError(f"model={str(path)!r}: {index} is missing; not a diffusers pipeline folder")
-    try:
-        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        name = None
-    if not isinstance(name, str):
-        raise MissingWeightsError(f"model={str(path)!r}: {index} names no _class_name; re-save the pipeline")
-    return name
-
-
 def model_conditioning(model: str) -> str:
-    """``"classes"`` or ``"prompts"``: what a zoo name or a pipeline folder is conditioned on, without loading it;
-    an unsupported pipeline class or an unknown name is a one-line error."""
-    from diffes.models.adapters import ADAPTERS, family_of
-
-    if is_zoo_model(model):
-        if get_entry(model).kind == "classifier":
-            raise ConfigError("model", model, "that is the judge classifier; pick a generator such as dit-digits")
-        return "classes"
-    path = Path(model)
-    if not path.is_dir():
-        get_entry(model)  # the unknown-name error, listing the zoo
-    name = pipeline_class(path)
-    family = family_of(name)
-    if family is None:
-        names = sorted(n for a in ADAPTERS for n in a.pipeline_classes)
-        raise UnsupportedModelError(f"pipeline={name}: not supported; diffes runs {', '.join(names)}")
-    return family.conditioning
+    """``"classes"`` or ``"prompts"``: what a zoo name or a pipeline folder is conditioned on (see
+    ``diffes.families``, which knows it without loading anything)."""
+    return families.model_conditioning(model)
 
 
 def torch_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -91,7 +63,7 @@ def torch_dtype(name: str, device: torch.device) -> torch.dtype:
 def load_pipeline_folder(path: Path, dtype: torch.dtype | None = None) -> Any:
     """A pipeline saved with ``save_pretrained`` (ours or any diffusers class), from local files only."""
     kwargs = {"local_files_only": True} | ({"torch_dtype": dtype} if dtype is not None else {})
-    if pipeline_class(path) == ZooPipeline.__name__:
+    if families.pipeline_class(path) == ZooPipeline.__name__:
         return ZooPipeline.from_pretrained(path, **kwargs)
     from diffusers import DiffusionPipeline
 

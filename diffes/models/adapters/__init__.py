@@ -2,59 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from diffes.errors import UnsupportedModelError
-from diffes.models.adapters.base import Cond, Conditioning, Guidance, GuidanceKind, SamplingAdapter
-from diffes.models.adapters.classes import DiTAdapter, ZooAdapter
-from diffes.models.adapters.flux import FluxAdapter
-from diffes.models.adapters.text import (
-    PixArtAdapter,
-    SD3Adapter,
-    StableDiffusionAdapter,
-    StableDiffusionXLAdapter,
-)
+from diffes.families import family_of
+from diffes.models.adapters.base import Cond, Guidance, GuidanceKind, SamplingAdapter
 
-__all__ = [
-    "ADAPTERS",
-    "Cond",
-    "Conditioning",
-    "Guidance",
-    "GuidanceKind",
-    "SamplingAdapter",
-    "adapter_for",
-    "calibration_runner",
-    "family_of",
-]
-
-# a new family is one new entry here
-ADAPTERS: tuple[type[SamplingAdapter], ...] = (
-    ZooAdapter,
-    DiTAdapter,
-    PixArtAdapter,
-    StableDiffusionAdapter,
-    StableDiffusionXLAdapter,
-    SD3Adapter,
-    FluxAdapter,
-)
-_BY_CLASS = {name: cls for cls in ADAPTERS for name in cls.pipeline_classes}
+__all__ = ["Cond", "Guidance", "GuidanceKind", "SamplingAdapter", "adapter_for", "calibration_runner"]
 
 
 def adapter_for(pipe: Any, height: int | None = None, width: int | None = None) -> SamplingAdapter:
-    """The adapter of ``pipe``'s family; an unsupported pipeline class is a one-line error listing the others."""
-    name = type(pipe).__name__
-    cls = _BY_CLASS.get(name)
-    if cls is None:
-        raise UnsupportedModelError(f"pipeline={name}: not supported; diffes runs {', '.join(sorted(_BY_CLASS))}")
-    return cls(pipe, height, width)
-
-
-def family_of(class_name: str) -> type[SamplingAdapter] | None:
-    """The adapter class for a pipeline class name (from ``model_index.json``), before anything is loaded."""
-    return _BY_CLASS.get(class_name)
+    """The adapter of ``pipe``'s family (``diffes.families``); an unsupported pipeline class is a one-line error
+    listing the supported ones."""
+    module, _, name = family_of(type(pipe).__name__).adapter.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(pipe, height, width)  # type: ignore[no-any-return]
 
 
 def calibration_runner(

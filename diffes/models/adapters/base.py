@@ -18,12 +18,12 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from diffes.errors import ConfigError
+from diffes.families import Conditioning, family_of
 from diffes.models.steps import clone_scheduler, find_denoiser
 
 __all__ = ["Guidance", "GuidanceKind", "Conditioning", "Cond", "SamplingAdapter", "step_kwargs"]
 
 GuidanceKind = Literal["cfg", "distilled", "none"]
-Conditioning = Literal["classes", "prompts"]
 Cond = dict[str, torch.Tensor]  # every tensor's first dimension is the probe (one row per sample)
 
 
@@ -57,16 +57,19 @@ def step_kwargs(scheduler: Any, generator: torch.Generator | None, eta: float = 
 class SamplingAdapter(ABC):
     """One pipeline family. Subclasses list their pipeline classes and fill in the family's conventions."""
 
-    pipeline_classes: ClassVar[tuple[str, ...]]
-    conditioning: ClassVar[Conditioning]
     guidance_kinds: ClassVar[tuple[GuidanceKind, ...]] = ("cfg", "none")
 
     def __init__(self, pipe: Any, height: int | None = None, width: int | None = None) -> None:
+        self.family = family_of(type(pipe).__name__)
         self.pipe = pipe
         self.denoiser: Any = find_denoiser(pipe)[1]
         self.height, self.width = self.default_size() if height is None or width is None else (height, width)
 
     # ---- facts ----
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return self.family.conditioning
 
     @property
     def device(self) -> torch.device:

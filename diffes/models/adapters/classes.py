@@ -15,8 +15,6 @@ __all__ = ["ZooAdapter", "DiTAdapter"]
 
 
 class _ClassAdapter(SamplingAdapter):
-    conditioning = "classes"
-
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
@@ -33,8 +31,6 @@ class _ClassAdapter(SamplingAdapter):
 
 class ZooAdapter(_ClassAdapter):
     """diffes' own ``ZooPipeline``: pixel space, null class last, guidance batched in one call."""
-
-    pipeline_classes = ("ZooPipeline",)
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +88,6 @@ class ZooAdapter(_ClassAdapter):
 class DiTAdapter(_ClassAdapter):
     """``DiTPipeline``: ImageNet classes, null class 1000, learned-sigma split, guidance on the eps channels."""
 
-    pipeline_classes = ("DiTPipeline",)
     null_class = 1000  # DiTPipeline hard-codes it
 
     @property

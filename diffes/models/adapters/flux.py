@@ -17,7 +17,6 @@ __all__ = ["FluxAdapter"]
 
 
 class FluxAdapter(TextAdapter):
-    pipeline_classes = ("FluxPipeline",)
     guidance_kinds = ("distilled", "cfg", "none")
     max_sequence_length = 512
 

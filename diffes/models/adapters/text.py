@@ -39,8 +39,6 @@ def _guide(noise: torch.Tensor, guidance: Guidance) -> torch.Tensor:
 class TextAdapter(SamplingAdapter):
     """Prompts encoded by the pipeline's own ``encode_prompt``; latents by its own ``prepare_latents``."""
 
-    conditioning = "prompts"
-
     def check_prompts(self, conditions: Sequence[Any]) -> list[str]:
         prompts = [str(p) for p in conditions]
         if not prompts:
@@ -66,7 +64,6 @@ class TextAdapter(SamplingAdapter):
 class PixArtAdapter(TextAdapter):
     """PixArt-alpha and Sigma: T5 embeddings with attention masks, ``added_cond_kwargs``, learned sigma."""
 
-    pipeline_classes = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
     max_sequence_length = 120
 
     def _encode(self, conditions: Sequence[Any], guidance: Guidance, negative_prompt: str | None = None) -> Cond:
@@ -149,8 +146,6 @@ class PixArtAdapter(TextAdapter):
 class StableDiffusionAdapter(TextAdapter):
     """Stable Diffusion 1.x/2.x: CLIP embeddings, CFG with optional rescale, ``eta`` and ``generator`` steps."""
 
-    pipeline_classes = ("StableDiffusionPipeline",)
-
     def _encode(self, conditions: Sequence[Any], guidance: Guidance, negative_prompt: str | None = None) -> Cond:
         prompts = self.check_prompts(conditions)
         neg = [negative_prompt or ""] * len(prompts)
@@ -212,8 +207,6 @@ class StableDiffusionAdapter(TextAdapter):
 
 class StableDiffusionXLAdapter(StableDiffusionAdapter):
     """SDXL: two text encoders, pooled embeddings and add-time ids as ``added_cond_kwargs``."""
-
-    pipeline_classes = ("StableDiffusionXLPipeline",)
 
     def _encode(self, conditions: Sequence[Any], guidance: Guidance, negative_prompt: str | None = None) -> Cond:
         prompts = self.check_prompts(conditions)
@@ -285,7 +278,6 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
 class SD3Adapter(TextAdapter):
     """Stable Diffusion 3/3.5: joint transformer, pooled projections, flow matching (dynamic shift ``mu``)."""
 
-    pipeline_classes = ("StableDiffusion3Pipeline",)
     max_sequence_length = 256
 
     def _encode(self, conditions: Sequence[Any], guidance: Guidance, negative_prompt: str | None = None) -> Cond:
