@@ -9,6 +9,7 @@ __all__ = [
     "CheckpointError",
     "UnsupportedModelError",
     "ClusterError",
+    "echo",
 ]
 
 
@@ -19,12 +20,22 @@ class DiffesError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+# The longest echo of a bad value: a pasted file or a 100,000-class range must not become a 700 KB line.
+MAX_ECHO = 80
+
+
+def echo(value: object, limit: int = MAX_ECHO) -> str:
+    """``repr(value)``, cut to ``limit`` characters with ``...`` where it is longer."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ConfigError(DiffesError, ValueError):
     """A bad value for a named field (flag, config key or argument)."""
 
     def __init__(self, field: str, value: object, fix: str) -> None:
         self.field, self.value, self.fix = field, value, fix
-        super().__init__(f"{field}={value!r}: {fix}")
+        super().__init__(f"{field}={echo(value)}: {fix}")
 
 
 class MissingWeightsError(DiffesError, FileNotFoundError):
