@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from diffes.errors import CheckpointError, ConfigError
+from diffes.errors import ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
 from diffes.models.adapters import Cond, Guidance, SamplingAdapter
 
@@ -104,15 +104,14 @@ class Teacher:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Teacher:
+        from diffes.fitness.teacher_schema import FIX, TeacherMeta, check_teacher_tensors
+
         path = Path(path)
-        meta = read_json(path.with_suffix(".json"))
+        meta = read_json(path.with_suffix(".json"), TeacherMeta, FIX)
         t = read_tensors(path)
-        try:
-            cond = {k[len("cond/") :]: v for k, v in t.items() if k.startswith("cond/")}
-            g = meta["guidance"]
-            guidance = Guidance(g["kind"], float(g["scale"]), float(g["rescale"]))
-            conditions = tuple(meta["conditions"])
-            probes = ProbeSet(conditions, cond, t["latents"], int(meta["seed"]), meta.get("negative_prompt"))
-            return cls(probes, t["images"], int(meta["steps"]), guidance)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: entry {e} is missing or malformed; the teacher cache is corrupt") from None
+        check_teacher_tensors(path, t, len(meta["conditions"]))
+        cond = {k[len("cond/") :]: v for k, v in t.items() if k.startswith("cond/")}
+        guidance = Guidance(**meta["guidance"])
+        conditions = tuple(meta["conditions"])
+        probes = ProbeSet(conditions, cond, t["latents"], meta["seed"], meta.get("negative_prompt"))
+        return cls(probes, t["images"], meta["steps"], guidance)

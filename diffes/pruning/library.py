@@ -7,11 +7,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, with_config
 from torch import nn
 from tqdm.auto import tqdm
+from typing_extensions import TypedDict
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
@@ -23,6 +25,7 @@ from diffes.pruning.graph import PrunableStructure, trace_structure
 from diffes.pruning.importance import IMPORTANCE, block_scores, unit_scores
 from diffes.pruning.levels import DEFAULT_LEVELS, LevelGrid
 from diffes.pruning.plan import ModelShapes, PrunePlan, make_plan, prune_copy
+from diffes.schema import RECORD, NonNegative, reading, validate
 from diffes.stages import StageSchedule
 
 __all__ = ["PruningConfig", "LevelCost", "PruningLibrary", "build_library", "zoo_runner"]
@@ -235,38 +238,21 @@ class PruningLibrary:
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> PruningLibrary:
         folder = Path(folder)
-        if not (folder / "library.json").is_file():
+        path = folder / "library.json"
+        if not path.is_file():
             raise CheckpointError(f"library={str(folder)!r}: no library.json; build one with `diffes prune`")
-        meta = read_json(folder / "library.json")
+        meta = read_json(path, dict[str, Any], LIBRARY_FIX)
         if meta.get("schema") != SCHEMA:
             raise CheckpointError(f"library={str(folder)!r}: schema {meta.get('schema')} is not {SCHEMA}; rebuild it")
-        config = PruningConfig(**{**meta["config"], "levels": tuple(meta["config"]["levels"])})
-        schedule = StageSchedule.from_dict(meta["schedule"])
-        tensors = read_tensors(folder / "scores.safetensors")
-        scores: list[dict[str, torch.Tensor]] = [{} for _ in range(schedule.num_stages)]
-        depth = [tensors[f"depth/{s}"] for s in range(schedule.num_stages) if f"depth/{s}" in tensors]
-        consumers = {k[len("consumers/") :]: v for k, v in tensors.items() if k.startswith("consumers/")}
-        for k, v in tensors.items():
-            if k.startswith("scores/"):
-                _, s, g = k.split("/", 2)
-                scores[int(s)][g] = v
+        meta = validate(_LibraryJson, meta, path, LIBRARY_FIX)
+        schedule = meta["schedule"]
+        scores, depth, consumers = _read_scores(folder / "scores.safetensors", schedule.num_stages)
         grams: list[dict[str, torch.Tensor]] = []
         if (folder / "grams.safetensors").is_file():
-            grams = [{} for _ in range(schedule.num_stages)]
-            for k, v in read_tensors(folder / "grams.safetensors").items():
-                s, c = k.split("/", 1)
-                grams[int(s)][c] = v
-        library = cls(
-            config,
-            PrunableStructure.from_dict(meta["structure"]),
-            schedule,
-            ModelShapes.from_dict(meta["shapes"]),
-            scores,
-            depth,
-            grams,
-            consumers,
-            [LevelCost(**c) for c in meta["costs"]],
-        )
+            grams = _read_grams(folder / "grams.safetensors", schedule.num_stages)
+        structure, shapes = meta["structure"], meta["shapes"]
+        library = cls(meta["config"], structure, schedule, shapes, scores, depth, grams, consumers, meta["costs"])
+        _check_library(library, folder)
         if (folder / "plans.json").is_file():
             library.load_plans(folder)
         return library
@@ -285,10 +271,14 @@ class PruningLibrary:
     def load_plans(self, folder: str | os.PathLike[str]) -> None:
         """Pin the plans saved by ``save_plans``."""
         folder = Path(folder)
-        metas = read_json(folder / "plans.json")["plans"]
+        metas = read_json(folder / "plans.json", _PlansJson, LIBRARY_FIX)["plans"]
         tensors = read_tensors(folder / "plans.safetensors")
         for meta in metas:
-            prefix = f"{meta['stage']}_{meta['level']}/"
+            stage, level = meta["stage"], meta["level"]
+            if not (stage < self.num_stages and level < self.num_levels):
+                fix = f"this library has {self.num_stages} stages and {self.num_levels} levels; {LIBRARY_FIX}"
+                raise CheckpointError(f"{folder / 'plans.json'}: plan ({stage}, {level}): {fix}")
+            prefix = f"{stage}_{level}/"
             own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
                 plan = PrunePlan.from_data(meta, own)
@@ -364,3 +354,85 @@ def level_costs(model: nn.Module, library: PruningLibrary, calib: CalibrationSet
         pruned = prune_copy(model, library.structure, plan) if not plan.is_dense else model
         costs.append(LevelCost(float(fraction), count_macs(pruned, lambda m: calib.run(m, call)), count_params(pruned)))
     return costs
+
+
+# ---- reading a saved library back: schemas (diffes.schema) and consistency ----
+
+LIBRARY_FIX = "the library is corrupt; rebuild it with `diffes prune` (or delete the run's library/ and resume)"
+
+
+@with_config(RECORD)
+class _LibraryJson(TypedDict):
+    # the dataclasses are the schema: pydantic builds them from the dicts ``asdict`` wrote
+    schema: int
+    config: PruningConfig
+    schedule: StageSchedule
+    structure: PrunableStructure
+    shapes: ModelShapes
+    costs: Annotated[list[LevelCost], Field(min_length=1)]
+
+
+@with_config(RECORD)
+class _PlanJson(TypedDict):
+    stage: NonNegative
+    level: NonNegative
+    dims: dict[str, int]
+    overrides: dict[str, dict[str, int]]
+    kept_units: dict[str, list[int]]
+    skipped: list[str]
+
+
+class _PlansJson(TypedDict):
+    schema: int
+    plans: list[_PlanJson]
+
+
+def _read_scores(
+    path: Path, stages: int
+) -> tuple[list[dict[str, torch.Tensor]], list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Unit scores per stage and group, block scores per stage, dense consumer tensors."""
+    tensors = read_tensors(path)
+    scores: list[dict[str, torch.Tensor]] = [{} for _ in range(stages)]
+    depth = [tensors[f"depth/{s}"] for s in range(stages) if f"depth/{s}" in tensors]
+    consumers = {k[len("consumers/") :]: v for k, v in tensors.items() if k.startswith("consumers/")}
+    with reading(path, LIBRARY_FIX):
+        for k, v in tensors.items():
+            if k.startswith("scores/"):
+                _, s, g = k.split("/", 2)
+                scores[_stage_index(s, stages)][g] = v
+    return scores, depth, consumers
+
+
+def _read_grams(path: Path, stages: int) -> list[dict[str, torch.Tensor]]:
+    grams: list[dict[str, torch.Tensor]] = [{} for _ in range(stages)]
+    with reading(path, LIBRARY_FIX):
+        for k, v in read_tensors(path).items():
+            s, c = k.split("/", 1)
+            grams[_stage_index(s, stages)][c] = v
+    return grams
+
+
+def _stage_index(text: str, stages: int) -> int:
+    stage = int(text)
+    if not 0 <= stage < stages:
+        raise IndexError(f"stage {stage} of a {stages}-stage library")
+    return stage
+
+
+def _check_library(library: PruningLibrary, folder: Path) -> None:
+    """What plans and costs will index: a cost per level, a score per (stage, group) and unit, a block score
+    per stage, and a Gram matrix and dense weights for every consumer a compensated plan refits."""
+    stages, groups, blocks = range(library.num_stages), library.structure.groups, library.structure.blocks
+    if len(library.costs) != library.num_levels or library.costs[0].macs <= 0:
+        raise CheckpointError(f"{folder / 'library.json'}: costs: one per level, dense first; {LIBRARY_FIX}")
+    if library.config.axis == "width":
+        for s, g in ((s, g) for s in stages for g in groups):
+            if library.scores[s].get(g.name, torch.empty(0)).numel() != g.num_units:
+                raise CheckpointError(f"{folder / 'scores.safetensors'}: scores/{s}/{g.name}: {LIBRARY_FIX}")
+    depth = library.depth_scores
+    if blocks and (len(depth) != len(stages) or any(d.numel() != len(blocks) for d in depth)):
+        raise CheckpointError(f"{folder / 'scores.safetensors'}: depth: one score per block and stage; {LIBRARY_FIX}")
+    if library.config.compensate and library.grams:
+        for s, g in ((s, g) for s in stages for g in groups):
+            if g.consumer not in library.grams[s] or f"{g.consumer}.weight" not in library.consumers:
+                raise CheckpointError(f"{folder}: {s}/{g.consumer}: Gram matrix or weight missing; {LIBRARY_FIX}")

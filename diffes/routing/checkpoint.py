@@ -3,7 +3,8 @@
 out/
   pipeline/        the dense base pipeline, ``save_pretrained`` layout (safetensors + configs)
   library/         structure, unit order and the schedule's plans (safetensors + JSON)
-  routing.json     schema, levels per stage, stage edges in timesteps, cost, hashes
+  routing.json     schema, levels per stage, stage edges in timesteps, cost, hashes of the plan files, and
+                   the size and SHA-256 of every file under pipeline/
 """
 
 from __future__ import annotations
@@ -11,25 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, with_config
+from typing_extensions import NotRequired, TypedDict
 
 from diffes import __version__
-from diffes.errors import CheckpointError, ConfigError
-from diffes.io import read_json, write_json
+from diffes.errors import CheckpointError, ConfigError, DiffesError
+from diffes.io import atomic_dir, check_folder_path, read_json, write_json
 from diffes.models.loading import load_pipeline_folder, pick_device
 from diffes.models.steps import find_denoiser
 from diffes.pruning.library import PruningLibrary
 from diffes.routing.hook import RoutingSchedule, apply
 from diffes.routing.router import ROUTER_MARK
+from diffes.schema import RECORD, NonNegative, reading, validate
 
-__all__ = ["export_routed", "load_routed", "config_hash", "ROUTING_SCHEMA"]
+__all__ = ["export_routed", "load_routed", "config_hash", "check_export_folder", "ROUTING_SCHEMA"]
 
-ROUTING_SCHEMA = 1
+ROUTING_SCHEMA = 2  # 2: sizes and SHA-256 of the pipeline's own files (``pipeline_files``)
 HASHED = ("library/library.json", "library/scores.safetensors", "library/plans.json", "library/plans.safetensors")
 
 
@@ -55,17 +59,15 @@ def export_routed(
     library: PruningLibrary,
     schedule: RoutingSchedule,
     extra: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> Path:
-    """Write a routed checkpoint; the folder appears complete or not at all."""
-    out = Path(folder)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError("out", str(out), "the folder exists and is not empty; choose a new one")
+    """Write a routed checkpoint; the folder appears complete or not at all (``replace``: an existing one
+    is swapped out whole)."""
+    out = check_export_folder(folder, replace)
     _, denoiser = find_denoiser(pipe)
     if ROUTER_MARK in denoiser.__dict__:
         raise ConfigError("pipe", type(pipe).__name__, "a router is attached: export the dense pipeline (remove() it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=replace) as tmp:
         pipe.save_pretrained(tmp / "pipeline", safe_serialization=True)
         pairs = [(s, lv) for s, lv in enumerate(schedule.levels)]
         library.export(tmp / "library", pairs)
@@ -81,35 +83,102 @@ def export_routed(
             "cost": {"macs_fraction": library.stage_cost(schedule.levels), "macs_fraction_per_stage": per_stage},
             "base_config_sha256": config_hash(denoiser),
             "files": {name: _file_hash(tmp / name) for name in HASHED},
+            # diffusers reads these itself; sizes are checked on every load, hashes with verify=True
+            "pipeline_files": _file_records(tmp / "pipeline"),
             **(extra or {}),
         }
         write_json(tmp / "routing.json", meta)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
+def check_export_folder(folder: str | os.PathLike[str], replace: bool = False) -> Path:
+    """``folder`` can take a new export: a folder path (no file in the way) that is absent or empty."""
+    out = check_folder_path("out", folder)
+    if not replace and out.is_dir() and any(out.iterdir()):
+        raise ConfigError("out", str(out), "the folder exists and is not empty; choose a new one")
+    return out
+
+
+def _file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _file_hash(p)} for p in files}
+
+
+def _member(folder: Path, name: str, meta_file: Path) -> Path:
+    """``folder/name`` for a file name the export lists, refused if it would lead out of ``folder``."""
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\0" in name:
+        raise CheckpointError(f"{meta_file}: file name {name!r} leads outside the export; {FIX}")
+    return folder.joinpath(*parts)
+
+
 def read_routing(folder: Path) -> dict[str, Any]:
-    if not (folder / "routing.json").is_file():
+    """routing.json, checked against its schema, with the hash of every plan file (they are small)."""
+    path = folder / "routing.json"
+    if not path.is_file():
         raise CheckpointError(f"routed={str(folder)!r}: no routing.json; export one with `diffes export`")
-    meta: dict[str, Any] = read_json(folder / "routing.json")
-    schema = meta.get("schema")
-    if not isinstance(schema, int) or schema > ROUTING_SCHEMA:
+    data = read_json(path, dict[str, Any], FIX)
+    schema = validate(_Schema, data, path, FIX)["schema"]  # first: a newer export says "upgrade", not "corrupt"
+    if schema > ROUTING_SCHEMA:
         raise CheckpointError(
             f"routed={str(folder)!r}: schema {schema} is newer than {ROUTING_SCHEMA}, "
             "the newest this diffes reads; upgrade diffes"
         )
+    meta: dict[str, Any] = validate(_RoutingJson, data, path, FIX)
+    if meta["schema"] >= 2 and "pipeline_files" not in meta:
+        raise CheckpointError(f"{path}: pipeline_files: field required; {FIX}")
+    with reading(path, FIX):
+        RoutingSchedule.from_dict(meta)
     for name, digest in meta["files"].items():
-        path = folder / name
-        if not path.is_file():
+        member = _member(folder, name, path)
+        if not member.is_file():
             raise CheckpointError(f"routed={str(folder)!r}: {name} is missing; the export is incomplete")
-        if _file_hash(path) != digest:
+        if _file_hash(member) != digest:
             raise CheckpointError(f"routed={str(folder)!r}: {name} does not match its hash; the plan was modified")
     return meta
+
+
+def check_pipeline_files(folder: Path, meta: dict[str, Any], verify: bool = False) -> None:
+    """The exported pipeline's files as recorded at export: sizes always, SHA-256 with ``verify`` (hashing a
+    large pipeline takes minutes)."""
+    pipeline = folder / "pipeline"
+    for name, record in meta.get("pipeline_files", {}).items():
+        path = _member(pipeline, name, folder / "routing.json")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file is missing; the export is incomplete, export it again")
+        if path.stat().st_size != record["size"]:
+            size = path.stat().st_size
+            raise CheckpointError(f"{path}: {size} bytes, {record['size']} at export; the file is damaged")
+        if verify and _file_hash(path) != record["sha256"]:
+            raise CheckpointError(f"{path}: does not match its SHA-256 from export; the file is damaged")
+
+
+@contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """No 'Loading pipeline components' bar: loading a routed checkpoint prints nothing."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
+
+
+def _load_base(path: Path) -> Any:
+    try:
+        with _quiet_diffusers():
+            return load_pipeline_folder(path)
+    except DiffesError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:  # diffusers' and safetensors' errors for damaged files
+        reason = " ".join(str(e).split())[:160]
+        raise CheckpointError(
+            f"base={str(path)!r}: diffusers cannot load it ({type(e).__name__}: {reason}); "
+            "check its files with load_routed(..., verify=True)"
+        ) from None
 
 
 def load_routed(
@@ -117,14 +186,18 @@ def load_routed(
     device: str | None = None,
     base: str | os.PathLike[str] | None = None,
     mode: str = "auto",
+    verify: bool = False,
 ) -> Any:
     """A ready pipeline that routes by the exported schedule on every ``pipe(...)`` call.
 
     ``base`` loads the dense pipeline from another folder (it must have the same architecture).
+    ``verify`` also checks the SHA-256 of every file of the exported pipeline (its sizes are always checked).
     """
     folder = Path(folder)
     meta = read_routing(folder)
-    pipe = load_pipeline_folder(Path(base) if base is not None else folder / "pipeline")
+    if base is None:
+        check_pipeline_files(folder, meta, verify)
+    pipe = _load_base(Path(base) if base is not None else folder / "pipeline")
     _, denoiser = find_denoiser(pipe)
     if config_hash(denoiser) != meta["base_config_sha256"]:
         raise CheckpointError(
@@ -133,6 +206,35 @@ def load_routed(
         )
     pipe = pipe.to(pick_device(device))
     library = PruningLibrary.load(folder / "library")
-    handle = apply(pipe, library, RoutingSchedule.from_dict(meta), mode=mode)
+    schedule = RoutingSchedule.from_dict(meta)
+    if len(schedule.levels) != library.num_stages or max(schedule.levels) >= library.num_levels:
+        fix = f"the library has {library.num_stages} stages and {library.num_levels} levels; {FIX}"
+        raise CheckpointError(f"{folder / 'routing.json'}: levels: {list(schedule.levels)}: {fix}")
+    handle = apply(pipe, library, schedule, mode=mode)
     pipe.__dict__["_diffes_routing"] = handle
     return pipe
+
+
+# ---- the schema of routing.json (diffes.schema) ----
+
+FIX = "the routed checkpoint is corrupt; export it again"
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Schema(TypedDict):
+    schema: Annotated[int, Field(ge=1)]
+
+
+class _FileRecord(TypedDict):
+    size: NonNegative
+    sha256: Sha256
+
+
+@with_config(RECORD)
+class _RoutingJson(TypedDict):
+    schema: Annotated[int, Field(ge=1)]
+    levels: Annotated[list[NonNegative], Field(min_length=1)]
+    edges: list[float]
+    base_config_sha256: Sha256
+    files: dict[str, Sha256]
+    pipeline_files: NotRequired[dict[str, _FileRecord]]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.pruning.library import PruningLibrary
 from diffes.routing import RoutingSchedule, export_routed
+from diffes.routing.checkpoint import check_export_folder
 from diffes.runs.context import load_adapter
 from diffes.runs.rundir import RunDir
 from diffes.search import SearchState, best, pareto_front
@@ -29,22 +29,20 @@ def choose_genome(state: SearchState, budget: float | None = None) -> tuple[tupl
 
 
 def export_run(run: RunDir, out: str | os.PathLike[str] | None = None, budget: float | None = None) -> Path:
+    if out is not None:
+        check_export_folder(out)  # before the library and the model are loaded
     config = run.config()
     checkpoint = run.latest_checkpoint()
     if checkpoint is None:
         raise CheckpointError(f"run={str(run.path)!r}: no generation finished yet; nothing to export")
-    state = SearchState.from_json(checkpoint["search"])
+    state = SearchState.from_json(checkpoint["search"], f"{run.checkpoint_path(checkpoint['generation'])}: search")
     genome, distance, cost = choose_genome(state, budget)
     library = PruningLibrary.load(run.library_dir)
     adapter = load_adapter(config)  # the dense pipeline as the run loads it (its dtype and device)
     pipe = adapter.pipe
-    schedule = RoutingSchedule.from_stages(library.schedule, adapter.timesteps(config.steps), genome)
+    schedule = RoutingSchedule.from_stages(library.schedule, adapter.timesteps(config.pruning.steps), genome)
     extra = {"run": str(run.path), "generation": state.generation, "distance": distance, "budget_cost": cost}
     if out is not None:
         return export_routed(out, pipe, library, schedule, extra=extra)
-    # the run's own export is replaced whole: write beside it, then swap
-    fresh = export_routed(run.path / "export.new", pipe, library, schedule, extra=extra)
-    if run.export_dir.exists():
-        shutil.rmtree(run.export_dir)
-    os.replace(fresh, run.export_dir)
-    return run.export_dir
+    # the run's own export is replaced whole (a resumed run exports again)
+    return export_routed(run.export_dir, pipe, library, schedule, extra=extra, replace=True)

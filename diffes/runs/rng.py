@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import random
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "restore_rng", "seed_all"]
+from diffes.errors import CheckpointError
+
+__all__ = ["capture_rng", "check_rng", "restore_rng", "seed_all"]
+
+FIX = "delete the last checkpoint to resume from the one before, or start a new run"
 
 
 def seed_all(seed: int) -> None:
@@ -29,10 +34,26 @@ def capture_rng() -> dict[str, Any]:
     }
 
 
+def check_rng(state: dict[str, Any], source: str = "rng") -> tuple[Any, Any, torch.Tensor]:
+    """The python, numpy and torch states in ``state``, each tried on a scratch generator: a state the
+    generators refuse (an index past the end, a torch state of the wrong size) is a CheckpointError."""
+    try:
+        version, internal, gauss = state["python"]
+        python = (version, tuple(internal), gauss)
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        numpy_state = (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
+        raw = torch.frombuffer(bytearray(base64.b64decode(state["torch"], validate=True)), dtype=torch.uint8)
+        random.Random().setstate(python)
+        np.random.RandomState().set_state(numpy_state)
+        torch.Generator().set_state(raw)
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError, binascii.Error) as e:
+        raise CheckpointError(f"{source}: the generator states cannot be restored ({e}); {FIX}") from None
+    return python, numpy_state, raw
+
+
 def restore_rng(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    raw = base64.b64decode(state["torch"])
-    torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    """Set the global generators to ``state``; a bad state leaves them untouched (see ``check_rng``)."""
+    python, numpy_state, raw = check_rng(state)
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(raw)

@@ -16,15 +16,44 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, with_config
+from typing_extensions import NotRequired, TypedDict
 
 from diffes.errors import CheckpointError, ConfigError
-from diffes.io import atomic_path, read_json, write_json
+from diffes.io import atomic_path, check_folder_path, read_json, write_json
 from diffes.runs.config import RunConfig
+from diffes.schema import RECORD, NonNegative, Uint32, reading
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "check_run_name", "run_path"]
 
 CHECKPOINT = re.compile(r"^gen_(\d{4,})\.json$")
+NAME_FIX = "use one plain folder name such as my-run (no '/', '\\', '.', '..' or control characters)"
+
+
+def check_run_name(name: str) -> str:
+    """``name`` as one plain path component: it cannot point anywhere but a child of the runs directory."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/"))
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(os.fsencode(name)) > 255  # the longest file name Linux and macOS file systems take
+    )
+    if bad:
+        raise ConfigError("name", name, NAME_FIX)
+    return name
+
+
+def run_path(runs_dir: str | os.PathLike[str], name: str) -> Path:
+    """``runs_dir/name``, refused unless it resolves to a direct child of ``runs_dir`` (a run name that is a
+    link to elsewhere would otherwise write there)."""
+    root = check_folder_path("runs_dir", runs_dir)
+    path = root / check_run_name(name)
+    if path.resolve().parent != root.resolve():
+        raise ConfigError("name", name, f"{path} leads outside {root} (a link?); pick another name")
+    return path
 
 
 class RunDir:
@@ -33,7 +62,9 @@ class RunDir:
 
     @classmethod
     def create(cls, config: RunConfig) -> RunDir:
-        run = cls(Path(config.runs_dir) / config.name)
+        run = cls(run_path(config.runs_dir, config.name))
+        if run.path.exists() and not run.path.is_dir():
+            raise ConfigError("name", config.name, f"{run.path} is a file; pick another name")
         if run.path.exists() and any(run.path.iterdir()):
             fix = f"{run.path} already exists; resume it with `diffes resume {run.path}` or pick a new name"
             raise ConfigError("name", config.name, fix)
@@ -74,7 +105,9 @@ class RunDir:
         return self.path / "workers"
 
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(read_json(self.config_file))
+        data = read_json(self.config_file, dict[str, Any], fix=CONFIG_FIX)
+        with reading(self.config_file, CONFIG_FIX):
+            return RunConfig.from_dict(data)
 
     def has_library(self) -> bool:
         return (self.library_dir / "library.json").is_file()
@@ -100,9 +133,14 @@ class RunDir:
         gens = self.generations()
         if not gens:
             return None
-        data = read_json(self.checkpoint_path(gens[-1]))
-        if not isinstance(data, dict) or data.get("generation") != gens[-1] or "search" not in data:
-            raise CheckpointError(f"{self.checkpoint_path(gens[-1])}: not a diffes checkpoint; the file is corrupt")
+        path = self.checkpoint_path(gens[-1])
+        data: dict[str, Any] = read_json(path, Checkpoint, fix=CHECKPOINT_FIX)
+        if data["generation"] != gens[-1]:
+            found = data["generation"]
+            raise CheckpointError(f"{path}: generation: {found} in the file of generation {gens[-1]}; {CHECKPOINT_FIX}")
+        from diffes.runs.rng import check_rng  # torch: only once a checkpoint is read
+
+        check_rng(data["rng"], source=f"{path}: rng")
         return data
 
     def write_logbook(self, records: list[dict[str, Any]]) -> None:
@@ -114,4 +152,48 @@ class RunDir:
 
     def best(self) -> dict[str, Any] | None:
         path = self.path / "best.json"
-        return read_json(path) if path.is_file() else None
+        return read_json(path, Best) if path.is_file() else None
+
+
+# ---- the schemas of the files read back (diffes.schema) ----
+
+CONFIG_FIX = "the run's config.json is damaged; fix the value in it or start a new run"
+CHECKPOINT_FIX = "the checkpoint is corrupt; delete it to resume from the one before, or start a new run"
+
+
+PythonState = tuple[int, Annotated[list[Uint32], Field(min_length=625, max_length=625)], float | None]
+NumpyState = tuple[str, Annotated[list[Uint32], Field(min_length=624, max_length=624)], int, int, float]
+
+
+@with_config(RECORD)
+class RngStates(TypedDict):
+    """What ``diffes.runs.rng.capture_rng`` writes."""
+
+    python: PythonState
+    numpy: NumpyState
+    torch: str
+
+
+@with_config(RECORD)
+class Checkpoint(TypedDict):
+    generation: NonNegative
+    search: dict[str, Any]  # checked by SearchState.from_json
+    rng: RngStates
+
+
+@with_config(RECORD)
+class Point(TypedDict):
+    genome: list[int]
+    distance: float | None
+    cost: float
+
+
+@with_config(RECORD)
+class Best(TypedDict):
+    generation: NonNegative
+    genome: list[int]
+    distance: float
+    cost: float
+    uniform: Point
+    hall_of_fame: NotRequired[list[Point]]
+    pareto: NotRequired[list[Point]]

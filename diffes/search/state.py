@@ -6,10 +6,15 @@ the cache, and its cost follows from the budget, so there is one source of truth
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
+from typing_extensions import TypedDict
 
 from diffes.errors import CheckpointError
+from diffes.schema import NonNegative, Uint32, reading, validate
 from diffes.search.config import SearchConfig
 from diffes.search.genome import Budget, Genome
 
@@ -19,6 +24,8 @@ FORMAT = "diffes.search.state/1"
 
 RngState = tuple[Any, ...]
 """What ``random.Random.getstate()`` returns: (version, 625 ints, gauss_next)."""
+
+FIX = "the search state is corrupt; start a new run"
 
 
 @dataclass(frozen=True)
@@ -59,29 +66,57 @@ class SearchState:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SearchState:
-        if data.get("format") != FORMAT:
-            raise CheckpointError(f"search state format {data.get('format')!r} is not {FORMAT!r}; start a new run")
-        try:
-            version, internal, gauss_next = data["rng"]
+    def from_json(cls, data: object, source: str = "search state") -> SearchState:
+        """The state ``to_json`` wrote; anything else (a number, a missing key, a budget no run could have)
+        is a CheckpointError naming ``source`` and the key."""
+        head = validate(_Format, data, source, FIX)
+        if head["format"] != FORMAT:
+            raise CheckpointError(f"{source}: format {head['format']!r} is not {FORMAT!r}; start a new run")
+        d = validate(_StateJson, data, source, FIX)
+        with reading(source, FIX):
+            version, internal, gauss_next = d["rng"]
             state = cls(
-                config=SearchConfig(**data["config"]),
-                budget=Budget(**data["budget"]),
-                generation=int(data["generation"]),
-                populations=tuple(tuple(_genome(g) for g in island) for island in data["populations"]),
-                cache={_genome(g): float(d) for g, d in data["cache"]},
-                hall_of_fame=tuple(_genome(g) for g in data["hall_of_fame"]),
-                logbook=tuple(dict(record) for record in data["logbook"]),
+                config=d["config"],
+                budget=Budget(**d["budget"]),
+                generation=d["generation"],
+                populations=tuple(tuple(_genome(g) for g in island) for island in d["populations"]),
+                cache={_genome(g): dist for g, dist in d["cache"]},
+                hall_of_fame=tuple(_genome(g) for g in d["hall_of_fame"]),
+                logbook=tuple(d["logbook"]),
                 rng_state=(version, tuple(internal), gauss_next),
             )
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"search state is corrupt ({type(err).__name__}: {err}); start a new run") from err
+            random.Random().setstate(state.rng_state)  # the generator the next generation draws from
         _check_cached(state)
         return state
 
 
 def _genome(levels: list[int]) -> Genome:
     return tuple(int(level) for level in levels)
+
+
+# ---- the JSON schema of a state (diffes.schema) ----
+
+
+class _Format(TypedDict):
+    format: str
+
+
+class _BudgetJson(TypedDict):
+    stage_weights: list[float]
+    level_costs: list[float]
+    fraction: float
+
+
+class _StateJson(TypedDict):
+    format: str
+    config: SearchConfig
+    budget: _BudgetJson
+    generation: NonNegative
+    populations: list[list[list[int]]]
+    cache: list[tuple[list[int], float]]
+    hall_of_fame: list[list[int]]
+    logbook: list[dict[str, Any]]
+    rng: tuple[int, Annotated[list[Uint32], Field(min_length=625, max_length=625)], float | None]
 
 
 def _check_cached(state: SearchState) -> None:

@@ -13,6 +13,7 @@ from tiny import zoo_pipeline
 from diffes.errors import CheckpointError, ConfigError
 from diffes.pruning import PruningConfig, build_library
 from diffes.routing import RoutingSchedule, apply, export_routed, load_routed
+from diffes.routing.checkpoint import ROUTING_SCHEMA
 
 LEVELS = [7, 5, 2]
 
@@ -44,7 +45,7 @@ def copy_of(src: Path, dst: Path) -> Path:
 def test_round_trip_gives_identical_images(exported: tuple[Path, torch.Tensor]) -> None:
     folder, images = exported
     meta = json.loads((folder / "routing.json").read_text())
-    assert meta["levels"] == LEVELS and len(meta["edges"]) == 2 and meta["schema"] == 1
+    assert meta["levels"] == LEVELS and len(meta["edges"]) == 2 and meta["schema"] == ROUTING_SCHEMA
     assert 0 < meta["cost"]["macs_fraction"] < 1
     assert (folder / "pipeline" / "model_index.json").is_file()
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pkl"))
