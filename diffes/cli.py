@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from diffes.errors import ConfigError, DiffesError
 
@@ -115,7 +118,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from diffes.models.zoo import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="diffes", description="Stage-wise sparsity search for diffusion models.")
+    parser = OneLineParser(prog="diffes", description="Stage-wise sparsity search for diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="sample an image grid from a model or a routed checkpoint")
@@ -174,19 +177,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A flag error is one line like every diffes error, not a usage dump (``--help`` stays full).
+    ``add_subparsers`` makes subparsers of the parser's own class, so every command answers this way."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        text = text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."
+        self.exit(2, f"diffes: error: {text}; see `{self.prog} --help`\n")
+
+
+MAX_ERROR = 200  # argparse echoes the bad value, which may be a whole pasted file
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, ``kill``) raised where Ctrl-C would be: the run stops at a
+    consistent point (every checkpoint write is atomic) and ``diffes resume`` continues it."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) and flag errors (2), already printed
+        return e.code if isinstance(e.code, int) else 2
     from diffes.models.loading import fast_cpu_math
 
     fast_cpu_math()
+    # Handlers can only be set from the main thread; None: a handler set outside Python, which we leave alone.
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
     except DiffesError as e:
         print(f"diffes: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("diffes: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"diffes: {name}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

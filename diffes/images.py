@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffes.io import atomic_path
+from diffes.io import atomic_path, check_file_path
 
 __all__ = ["make_grid", "save_grid"]
 
@@ -27,8 +27,11 @@ def make_grid(images: torch.Tensor, rows: int, scale: int = 4, pad: int = 1) -> 
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike[str], rows: int, scale: int = 6) -> Path:
-    path = Path(path)
+def save_grid(
+    images: torch.Tensor, path: str | os.PathLike[str], rows: int, scale: int = 6, field: str = "output"
+) -> Path:
+    """A PNG grid at ``path``; a path that is a folder, or under a file, is a ConfigError naming ``field``."""
+    path = check_file_path(field, path)
     with atomic_path(path) as tmp:
         make_grid(images, rows, scale).save(tmp, format="PNG")
     return path

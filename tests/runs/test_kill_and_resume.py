@@ -40,6 +40,20 @@ def test_killed_mid_search(tmp_path: Path, reference: dict) -> None:
     assert not list(run.rglob("*.tmp")), "a temporary file was left behind"
 
 
+def test_terminated_mid_search(tmp_path: Path, reference: dict) -> None:
+    # SIGTERM, as a cluster scheduler sends on preemption: a clean stop at a consistent point, then resume
+    proc = start("search", "--runs-dir", str(tmp_path), "--name", "term", *TINY)
+    wait_for(tmp_path / "term" / "checkpoints" / "gen_0002.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert err.strip().endswith("diffes: terminated (SIGTERM)")
+    assert not (tmp_path / "term" / "best.json").exists(), "terminated too late: the run had already finished"
+    diffes("resume", str(tmp_path / "term"))
+    assert outcome(tmp_path / "term") == reference
+    assert not list((tmp_path / "term").rglob("*.tmp")), "a temporary file was left behind"
+
+
 def test_status_and_export_of_a_finished_run(tmp_path: Path) -> None:
     diffes("search", "--runs-dir", str(tmp_path), "--name", "done", *TINY)
     status = diffes("status", str(tmp_path / "done")).stdout
