@@ -3,8 +3,8 @@ keys, values of the wrong type, dropped or retyped tensors): only a DiffesError 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,53 +14,26 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
-from tiny import zoo_pipeline
+from valid_files import tiny_library, write_routed, write_run
 
 from diffes.errors import DiffesError
-from diffes.fitness.teacher import ProbeSet, Teacher
-from diffes.models.adapters import Guidance
-from diffes.pruning import PruningConfig, PruningLibrary, build_library
-from diffes.routing import RoutingSchedule, export_routed
+from diffes.fitness.teacher import Teacher
+from diffes.pruning import PruningLibrary
 from diffes.routing.checkpoint import check_pipeline_files, read_routing
-from diffes.runs.config import RunConfig
-from diffes.runs.rng import capture_rng
 from diffes.runs.rundir import RunDir
-from diffes.search import Budget, SearchConfig, SearchState
+from diffes.search import SearchState
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-
-
-def _state() -> SearchState:
-    budget = Budget((0.5, 0.5), (1.0, 0.6, 0.3), 0.8)
-    population = ((0, 1), (1, 0), (1, 1))
-    cache = {(0, 1): 0.1, (1, 0): 0.2, (1, 1): 0.3}
-    logbook = ({"gen": 0, "best": 0.1},)
-    return SearchState(SearchConfig(population=3), budget, 0, (population,), cache, ((0, 1),), logbook, random.getstate())
-
-
-def _teacher(path: Path) -> None:
-    g = torch.Generator().manual_seed(0)
-    probes = ProbeSet((0, 1, 0), {"class_labels": torch.tensor([0, 1, 0])}, torch.randn(3, 1, 8, 8, generator=g), 0)
-    Teacher(probes, torch.rand(3, 1, 8, 8, generator=g), 4, Guidance("cfg", 2.0)).save(path)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory, a full library (with Gram matrices) and a routed export, all valid."""
     root = tmp_path_factory.mktemp("valid")
-    run = RunDir(root / "run")
-    run.path.mkdir()
-    (run.config_file).write_text(json.dumps(RunConfig().to_dict()))
-    run.write_checkpoint(0, {"search": _state().to_json(), "rng": capture_rng(), "worker_restarts": 0})
-    point = {"genome": [0, 1], "distance": 0.1, "cost": 0.8}
-    run.write_best({"generation": 0, **point, "uniform": point, "hall_of_fame": [point], "pareto": []})
-    _teacher(run.teacher_file)
-    pipe: Any = zoo_pipeline("dit-digits")
-    library = build_library(pipe, PruningConfig(stages=2, steps=4, calibration_samples=2), progress=False)
+    write_run(root / "run")
+    pipe, library = tiny_library()
     library.save(root / "library")
-    pipe.scheduler.set_timesteps(4)
-    schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, [1, 3])
-    export_routed(root / "routed", pipe, library, schedule)
+    write_routed(root / "routed", pipe, library)
     return root
 
 
@@ -179,9 +152,7 @@ def test_damaged_files_raise_only_diffes_errors(files: Path, name: str, data: st
             path.write_bytes(damage_json(original, data))
         else:
             damage_tensors(path, data)
-        try:
+        with contextlib.suppress(DiffesError):  # anything else fails the test, with the damage that caused it
             load(files / target)
-        except DiffesError:
-            pass  # anything else fails the test, with the damage that caused it
     finally:
         path.write_bytes(original)
