@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,35 @@ def test_different_base_model(exported: tuple[Path, torch.Tensor], tmp_path: Pat
         load_routed(exported[0], base=tmp_path / "unet")
     same = copy_of(exported[0] / "pipeline", tmp_path / "same-base")
     assert torch.equal(sample(load_routed(exported[0], base=same)), exported[1])
+
+
+def test_load_prints_nothing(exported: tuple[Path, torch.Tensor], capfd: pytest.CaptureFixture[str]) -> None:
+    capfd.readouterr()
+    load_routed(exported[0])
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")  # no accelerate warning, no "Loading pipeline components" bar
+
+
+def test_pipeline_files_sizes_always_hashes_on_request(exported: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+    folder = copy_of(exported[0], tmp_path / "p")
+    meta = json.loads((folder / "routing.json").read_text())
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert set(meta["pipeline_files"]) >= {"model_index.json", weights}
+    path = folder / "pipeline" / weights
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # the same size: only the hash can tell
+    path.write_bytes(bytes(data))
+    load_routed(folder)
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model\.safetensors: does not match its SHA-256"):
+        load_routed(folder, verify=True)
+    path.write_bytes(bytes(data[:-10]))
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model\.safetensors: \d+ bytes, \d+ at export"):
+        load_routed(folder)
+
+
+def test_export_modes_follow_the_umask(exported: tuple[Path, torch.Tensor]) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [exported[0], *exported[0].rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o777 if path.is_dir() else 0o666) & ~umask, path  # save_pretrained alone gives 0600

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,8 @@ def test_status_and_export_of_a_finished_run(tmp_path: Path) -> None:
     grid = tmp_path / "grid.png"
     diffes("generate", "--routed", str(tmp_path / "exp"), "--steps", "6", "--per-class", "1", "-o", str(grid))
     assert grid.stat().st_size > 500
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [*(tmp_path / "done").rglob("*"), *(tmp_path / "exp").rglob("*")]:
+        # readable by Ray workers running as another user: what open() and mkdir() give, not 0600/0700
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
