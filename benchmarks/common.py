@@ -53,4 +53,5 @@ def prepared_run(config: RunConfig, threads: int) -> RunDir:
 
 
 def temp_config(name: str, generations: int) -> RunConfig:
-    return RunConfig(name=name, runs_dir=tempfile.mkdtemp(), generations=generations, export=False)
+    values = {"name": name, "runs_dir": tempfile.mkdtemp(), "generations": generations, "export": False}
+    return RunConfig.from_dict(values).resolved()

@@ -16,7 +16,8 @@ from diffes.runs.config import RunConfig
 from diffes.runs.context import load_context
 from diffes.runs.job import make_budget
 from diffes.runs.rundir import RunDir
-from diffes.search import init_search, make_toolbox, next_generation
+from diffes.search import make_toolbox, run_search
+from diffes.search.config import SearchConfig
 
 
 def recorded_batches(run: RunDir, config: RunConfig) -> list[list[tuple[int, ...]]]:
@@ -29,10 +30,7 @@ def recorded_batches(run: RunDir, config: RunConfig) -> list[list[tuple[int, ...
         return context.evaluator.evaluate(genomes)
 
     budget = make_budget(config, context.library)
-    toolbox = make_toolbox(config.search_config(), budget, evaluate)
-    state = init_search(config.search_config(), budget, toolbox)
-    while state.generation < config.generations:
-        state = next_generation(state, toolbox)
+    run_search(config.search, budget, make_toolbox(config.search, budget, evaluate))
     return batches
 
 
@@ -80,10 +78,11 @@ def main(args: argparse.Namespace) -> None:
         for g, (b, s, n) in enumerate(zip(batches, shared, plain))
     ]  # fmt: skip
     call_ratio, time_ratio = calls[0] / calls[1], seconds[0] / seconds[1]
+    p, s = config.pruning, config.search
     lines = [
-        f"Prefix sharing on a default search (dit-digits, {config.stages} stages, {config.steps} steps, "
-        f"population {config.population}, offspring {config.offspring}, {config.generations} generations, "
-        f"{config.probes * 10} probes, {args.threads} threads; plans prepared beforehand, runs interleaved).",
+        f"Prefix sharing on a default search (dit-digits, {p.stages} stages, {p.steps} steps, "
+        f"population {s.population}, offspring {s.offspring}, {s.generations} generations, "
+        f"{config.fitness.probes * 10} probes, {args.threads} threads; plans prepared beforehand, runs interleaved).",
         "",
         "| | denoiser calls | wall time (s) |",
         "| --- | --- | --- |",
@@ -108,6 +107,6 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--generations", type=int, default=RunConfig.generations, help="default: the search default")
+    parser.add_argument("--generations", type=int, default=SearchConfig.generations, help="default: the search default")
     parser.add_argument("--threads", type=int, default=2)
     main(parser.parse_args())

@@ -39,6 +39,7 @@ from diffes.fitness import (
 )
 from diffes.fitness.evaluator import Evaluator
 from diffes.fitness.teacher import Teacher, make_probes
+from diffes.models.adapters import Guidance, SamplingAdapter, adapter_for
 from diffes.models.loading import fast_cpu_math, load_pipeline
 from diffes.pruning import PruningConfig, PruningLibrary, build_library
 from diffes.routing import Router
@@ -66,16 +67,18 @@ class Schedule:
 class Bench:
     """The shared model, its pruning library and the router every evaluator uses."""
 
-    pipe: Any
+    adapter: SamplingAdapter
     library: PruningLibrary
     router: Router
 
 
 def build_bench(args: argparse.Namespace) -> Bench:
     pipe = load_pipeline("dit-digits", device="cpu")
-    config = PruningConfig(stages=args.stages, steps=args.steps, probes=32, importance="taylor", compensate=True)
+    config = PruningConfig(
+        stages=args.stages, steps=args.steps, calibration_samples=32, importance="taylor", compensate=True
+    )
     library = build_library(pipe, config, progress=False)
-    return Bench(pipe, library, Router(pipe.denoiser, library))
+    return Bench(adapter_for(pipe), library, Router(pipe.denoiser, library))
 
 
 def make_budget(library: PruningLibrary, fraction: float) -> Budget:
@@ -125,10 +128,11 @@ def load_metrics(names: Sequence[str]) -> tuple[dict[str, Metric], dict[str, str
 
 
 def make_evaluator(bench: Bench, per_class: int, seed: int, args: argparse.Namespace) -> Evaluator:
-    probes = make_probes(bench.pipe, per_class, seed)
-    teacher = Teacher.compute(bench.pipe, probes, args.steps, args.guidance)
+    guidance = Guidance("cfg", args.guidance)
+    probes = make_probes(bench.adapter, list(range(10)), per_class, seed, guidance)
+    teacher = Teacher.compute(bench.adapter, probes, args.steps, guidance)
     metric = get_metric("classifier")
-    return Evaluator(bench.pipe, bench.router, teacher, metric, bench.library.schedule)
+    return Evaluator(bench.adapter, bench.router, teacher, metric, bench.library.schedule)
 
 
 def search_fitness(evaluator: Evaluator, metrics: dict[str, Metric], genome: Genome) -> dict[str, float]:
@@ -141,7 +145,7 @@ def heldout_quality(evaluator: Evaluator, teacher_features: torch.Tensor, genome
     """Held-out measures of ``genome`` (all lower-is-better but ``accuracy``, kept for the record)."""
     images = evaluator.sample(genome)
     features = classifier_features(images)
-    accuracy = class_accuracy(images, evaluator.teacher.probes.labels)
+    accuracy = class_accuracy(images, torch.tensor(evaluator.teacher.probes.conditions))
     return {
         "accuracy": accuracy,
         "error": 1.0 - accuracy,
@@ -418,7 +422,9 @@ def main(args: argparse.Namespace) -> None:
         "heldout_probes": len(heldout.teacher.probes),
         "heldout_seed": args.heldout_seed,
         "orientation": "fitness is a distance (lower better); held-out measures lower better (error = 1 - accuracy)",
-        "teacher_heldout_accuracy": class_accuracy(heldout.teacher.images, heldout.teacher.probes.labels),
+        "teacher_heldout_accuracy": class_accuracy(
+            heldout.teacher.images, torch.tensor(heldout.teacher.probes.conditions)
+        ),
         **analyse(rows, list(metrics), args.budgets),
         "unavailable": unavailable,
         "evaluator_stats": {"search": search.stats.to_dict(), "heldout": heldout.stats.to_dict()},

@@ -110,7 +110,11 @@ def model_rows(pipe: Any, name: str, levels: list[int], args: argparse.Namespace
     latency: list[float] | None = None
     for importance in IMPORTANCES:
         config = PruningConfig(
-            importance=importance, compensate=True, probes=args.calibration_probes, steps=args.steps, seed=args.seed
+            importance=importance,
+            compensate=True,
+            calibration_samples=args.calibration_probes,
+            steps=args.steps,
+            seed=args.seed,
         )
         start = time.perf_counter()
         print(f"{name}: {importance} library, then {2 * len(levels)} pruned sample sets", file=sys.stderr, flush=True)

@@ -71,7 +71,7 @@ def variant(library: PruningLibrary, nested: bool, compensate: bool) -> PruningL
 
 
 def mode_libraries(pipe: Any, probes: int, seed: int) -> dict[str, PruningLibrary]:
-    config = PruningConfig(importance="taylor", nested=False, compensate=True, probes=probes, seed=seed)
+    config = PruningConfig(importance="taylor", nested=False, compensate=True, calibration_samples=probes, seed=seed)
     base = build_library(pipe, config, progress=False)
     return {
         "zero-copy": variant(base, nested=True, compensate=False),

@@ -22,10 +22,11 @@ from benchmarks.common import prepared_run, save, temp_config
 from diffes.fitness import class_accuracy, classifier_features, frechet_distance, get_metric
 from diffes.fitness.evaluator import Evaluator
 from diffes.fitness.teacher import Teacher, make_probes
+from diffes.models.steps import clone_scheduler
 from diffes.runs.config import RunConfig
 from diffes.runs.context import RunContext, load_context
 from diffes.runs.job import make_budget, uniform_genome
-from diffes.search import Budget, best, init_search, make_toolbox, next_generation, pareto_front
+from diffes.search import Budget, best, make_toolbox, pareto_front, run_search
 from diffes.search.operators import fill_budget
 
 Genome = tuple[int, ...]
@@ -35,18 +36,19 @@ BUDGETS = (0.7, 0.5, 0.35)
 def fresh_evaluator(ctx: RunContext) -> Evaluator:
     """Its own memo and cache, sharing the model and router: each search pays for its own evaluations."""
     e = ctx.evaluator
-    return Evaluator(e.pipe, e.router, e.teacher, e.metric, e.stages, cache_mb=e.cache_mb)
+    return Evaluator(e.adapter, e.router, e.teacher, e.metric, e.stages, prefix_cache_mb=e.prefix_cache_mb)
 
 
-def run_search(ctx: RunContext, config: RunConfig, budget: Budget) -> dict[str, Any]:
+def searched(ctx: RunContext, config: RunConfig, budget: Budget) -> dict[str, Any]:
     evaluator = fresh_evaluator(ctx)
     start = time.perf_counter()
-    toolbox = make_toolbox(config.search_config(), budget, evaluator.evaluate)
-    state = init_search(config.search_config(), budget, toolbox)
-    while state.generation < config.generations:
-        state = next_generation(state, toolbox)
+    state = run_search(config.search, budget, make_toolbox(config.search, budget, evaluator.evaluate))
     seconds = time.perf_counter() - start
     return {"state": state, "seconds": seconds, "calls": evaluator.stats.denoiser_calls, "evals": len(state.cache)}
+
+
+def with_search(config: RunConfig, **changes: Any) -> RunConfig:
+    return replace(config, search=replace(config.search, **changes))
 
 
 def random_search(ctx: RunContext, budget: Budget, evaluations: int, seed: int) -> dict[str, Any]:
@@ -70,13 +72,14 @@ def random_search(ctx: RunContext, budget: Budget, evaluations: int, seed: int) 
 def stage_speeds(ctx: RunContext) -> list[float]:
     """How fast the dense trajectory moves in each stage: mean latent change per step."""
     ctx.router.reset()
-    pipe, stages = ctx.pipe, ctx.library.schedule
-    pipe.scheduler.set_timesteps(stages.num_steps)
-    latents, labels = ctx.teacher.probes.latents.clone(), ctx.teacher.probes.labels
+    adapter, stages, teacher = ctx.adapter, ctx.library.schedule, ctx.teacher
+    scheduler = clone_scheduler(adapter.pipe.scheduler)
+    adapter.set_timesteps(scheduler, stages.num_steps)
+    prepared = adapter.prepare(teacher.probes.cond, teacher.guidance)
+    latents = teacher.probes.latents.clone()
     moves = []
-    for t in pipe.scheduler.timesteps:
-        noise = pipe.predict_noise(latents, t, labels, ctx.teacher.guidance_scale)
-        new = pipe.scheduler.step(noise, t, latents).prev_sample
+    for t in scheduler.timesteps:
+        new = adapter.step(scheduler, latents, t, prepared, teacher.guidance)
         moves.append(float((new - latents).norm() / latents.numel() ** 0.5))
         latents = new
     return [statistics.mean(moves[i] for i in stages.steps_of(s)) for s in range(stages.num_stages)]
@@ -107,7 +110,7 @@ def slow_fast_slow(speeds: list[float], budget: Budget) -> Genome:
 @torch.no_grad()
 def held_out(ctx: RunContext, heldout: Evaluator, genome: Genome, teacher_feats: torch.Tensor) -> dict[str, float]:
     images = heldout.sample(genome)
-    labels = heldout.teacher.probes.labels
+    labels = torch.tensor(heldout.teacher.probes.conditions)
     per_probe = heldout.metric(images, heldout.teacher.images)
     return {
         "distance": float(per_probe.mean()),
@@ -149,18 +152,21 @@ def main(args: argparse.Namespace) -> None:
     run = prepared_run(config, args.threads)
     ctx = load_context(str(run.path))
     ctx.router.reset()
-    probes = make_probes(ctx.pipe, per_class=args.heldout_per_class, seed=1000)
-    teacher = Teacher.compute(ctx.pipe, probes, config.steps, config.guidance)
-    heldout = Evaluator(ctx.pipe, ctx.router, teacher, get_metric(config.metric), ctx.library.schedule)
+    guidance = ctx.teacher.guidance
+    probes = make_probes(ctx.adapter, list(range(10)), args.heldout_per_class, 1000, guidance)
+    teacher = Teacher.compute(ctx.adapter, probes, config.pruning.steps, guidance)
+    metric = get_metric(config.fitness.metric)
+    heldout = Evaluator(ctx.adapter, ctx.router, teacher, metric, ctx.library.schedule)
     teacher_feats = classifier_features(teacher.images)
     speeds = stage_speeds(ctx)
-    results: dict[str, Any] = {"dense": {"accuracy": class_accuracy(teacher.images, probes.labels)}}
-    nsga_config = replace(config, algorithm="nsga2", budget=max(BUDGETS))
-    nsga = run_search(ctx, nsga_config, make_budget(nsga_config, ctx.library))
+    labels = torch.tensor(probes.conditions)
+    results: dict[str, Any] = {"dense": {"accuracy": class_accuracy(teacher.images, labels)}}
+    nsga_config = with_search(config, algorithm="nsga2", budget=max(BUDGETS))
+    nsga = searched(ctx, nsga_config, make_budget(nsga_config, ctx.library))
     for fraction in BUDGETS:
-        cfg = replace(config, budget=fraction)
+        cfg = with_search(config, budget=fraction)
         budget = make_budget(cfg, ctx.library)
-        ga = run_search(ctx, cfg, budget)
+        ga = searched(ctx, cfg, budget)
         rnd = random_search(ctx, budget, ga["evals"], seed=args.seed)
         front = [p for p in pareto_front(nsga["state"]) if p[2] <= fraction + 1e-9]
         schedules = {

@@ -7,7 +7,7 @@ import os
 # an idle machine. This only takes effect if torch is imported after diffes; set the variable to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from diffes.api import search
+from diffes import search  # callable: diffes.search(pipe, prompts=..., budget=...) runs the main job
 from diffes.errors import DiffesError
 
 __version__ = "0.1.0"

@@ -55,9 +55,8 @@ def search(
         if classes is not None and not isinstance(classes, str):
             classes = ",".join(str(int(c)) for c in classes)
         conditions = {"prompts": str(prompts_file)} if prompts is not None else {"classes": classes}
-        config = RunConfig(
-            model=str(staging), budget=budget, name=name, runs_dir=str(runs_dir), **conditions, **settings
-        ).resolved()
+        values = {"model": str(staging), "budget": budget, "name": name, "runs_dir": str(runs_dir)}
+        config = RunConfig.from_dict({**values, **conditions, **settings}).resolved()
         run = RunDir.create(config)
         final = run.path / "pipeline"
         os.replace(staging, final)
@@ -67,6 +66,6 @@ def search(
     moved: dict[str, Any] = {"model": str(final)} | (
         {"prompts": str(final / "prompts.txt")} if prompts is not None else {}
     )
-    config = replace(config, **moved)
+    config = replace(config, model=replace(config.model, **moved))
     write_json(run.config_file, config.to_dict())
     return run_new(run, progress)

@@ -79,7 +79,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         compensate=not args.no_compensate,
         stages=args.stages,
         steps=args.steps,
-        probes=args.probes,
+        calibration_samples=args.calibration_samples,
         seed=args.seed,
         latency=args.latency,
     )
@@ -116,7 +116,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffes.models.zoo import DEFAULT_MODEL
+    from diffes.families import DEFAULT_MODEL
 
     parser = OneLineParser(prog="diffes", description="Stage-wise sparsity search for diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-compensate", action="store_true", help="skip the least-squares refit of consumers")
     prune.add_argument("--stages", type=int, default=10)
     prune.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration trajectory")
-    prune.add_argument("--probes", type=int, default=32, help="calibration samples")
+    prune.add_argument(
+        "--calibration-samples", type=int, default=32, help="samples of the dense trajectory to calibrate on"
+    )
     prune.add_argument("--latency", action="store_true", help="also measure each level's latency on this device")
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--device", default=None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import types
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -13,29 +12,27 @@ __all__ = ["add_search_commands"]
 
 
 def _flag_type(hint: Any) -> Any:
+    """argparse's type for a config field: bool (an on/off flag), int or float; anything else (text, choices,
+    level grids) stays a string for the config's own validation."""
     if get_origin(hint) in (Union, types.UnionType):
         hint = next(a for a in get_args(hint) if a is not type(None))
-    return hint
+    return hint if hint in (bool, int, float) else str
 
 
 def add_search_commands(sub: Any) -> None:
-    from diffes.runs.config import RunConfig
+    from diffes.runs.config import FLAGS, flag_help, section_class
 
     search = sub.add_parser("search", help="evolve per-stage sparsity under a compute budget (the main job)")
     search.add_argument("--config", default=None, help="TOML or YAML file; its keys are these flags' names")
-    hints = get_type_hints(RunConfig)
-    for field in dataclasses.fields(RunConfig):
-        kind = _flag_type(hints[field.name])
-        flag = "--" + field.name.replace("_", "-")
-        kw: dict[str, Any] = {
-            "default": None,
-            "dest": field.name,
-            "help": field.metadata["help"],
-        }
+    for key, (section, name) in FLAGS.items():
+        owner = section_class(section)
+        kind = _flag_type(get_type_hints(owner)[name])
+        kw: dict[str, Any] = {"default": None, "dest": key, "help": flag_help(key)}
+        flag = "--" + key.replace("_", "-")
         if kind is bool:
             search.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
-            search.add_argument(flag, type=kind, metavar=field.name.upper(), **kw)
+            search.add_argument(flag, type=kind, metavar=key.upper(), **kw)
     search.add_argument("--quiet", action="store_true", help="no progress bars")
     search.set_defaults(func=cmd_search)
 
@@ -57,19 +54,18 @@ def add_search_commands(sub: Any) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> Any:
-    from diffes.runs.config import RunConfig, load_config_file
+    from diffes.runs.config import FLAGS, RunConfig, load_config_file
 
     values = load_config_file(args.config) if args.config else {}
-    values.update(
-        {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name) is not None}
-    )
+    values.update({key: getattr(args, key) for key in FLAGS if getattr(args, key) is not None})
     return RunConfig.from_dict(values)
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    config = _run_config(args)  # every check that needs no torch, before torch is imported
     from diffes.runs import start_run
 
-    result = start_run(_run_config(args), progress=not args.quiet)
+    result = start_run(config, progress=not args.quiet)
     print_result(result)
 
 
@@ -97,14 +93,16 @@ def cmd_status(args: argparse.Namespace) -> None:
     run = RunDir.open(args.run)
     config = run.config()
     checkpoint = run.latest_checkpoint()
-    print(f"run {run.path}: model={config.model} budget={config.budget} algorithm={config.algorithm}")
+    print(
+        f"run {run.path}: model={config.model.model} budget={config.search.budget} algorithm={config.search.algorithm}"
+    )
     if checkpoint is None:
         print("no generation finished yet (preparing the library and teacher)")
         return
     state = SearchState.from_json(checkpoint["search"])
     genome, distance, cost = best(state)
-    done = "finished" if run.best() is not None and state.generation >= config.generations else "in progress"
-    print(f"generation {state.generation}/{config.generations} ({done}), {len(state.cache)} schedules evaluated")
+    done = "finished" if run.best() is not None and state.generation >= config.search.generations else "in progress"
+    print(f"generation {state.generation}/{config.search.generations} ({done}), {len(state.cache)} schedules evaluated")
     print(f"best so far: {list(genome)}  cost {cost:.3f}  fitness {distance:.5f}")
 
 

@@ -20,50 +20,17 @@ from diffes.io import read_json, read_tensors, write_json, write_tensors
 from diffes.models.steps import find_denoiser
 from diffes.pruning.calibration import CalibrationSet, collect_grams, record_calls, single_sample
 from diffes.pruning.compensation import compensate
+from diffes.pruning.config import PruningConfig
 from diffes.pruning.cost import count_macs, count_params, measure_latency
 from diffes.pruning.graph import PrunableStructure, trace_structure
-from diffes.pruning.importance import IMPORTANCE, block_scores, unit_scores
-from diffes.pruning.levels import DEFAULT_LEVELS, LevelGrid
+from diffes.pruning.importance import block_scores, unit_scores
 from diffes.pruning.plan import ModelShapes, PrunePlan, make_plan, prune_copy
 from diffes.schema import RECORD, NonNegative, reading, validate
 from diffes.stages import StageSchedule
 
 __all__ = ["PruningConfig", "LevelCost", "PruningLibrary", "build_library", "zoo_runner"]
 
-SCHEMA = 1
-
-
-@dataclass(frozen=True)
-class PruningConfig:
-    importance: str = "taylor"
-    levels: tuple[float, ...] = DEFAULT_LEVELS
-    axis: str = "width"  # "width" (heads, MLP units, channels) or "depth" (whole transformer blocks)
-    nested: bool = False  # one unit order per layer for all stages: plans become prefixes (zero-copy routing)
-    compensate: bool = True
-    damp: float = 0.01
-    stages: int = 10
-    steps: int = 20
-    probes: int = 32
-    guidance_scale: float = 2.0
-    seed: int = 0
-    cache_mb: float = 256.0
-    latency: bool = False  # also time every level on this device (a calibration-sized batch)
-
-    def __post_init__(self) -> None:
-        if self.importance not in IMPORTANCE:
-            raise ConfigError("importance", self.importance, f"choose one of {', '.join(IMPORTANCE)}")
-        if self.axis not in ("width", "depth"):
-            raise ConfigError("axis", self.axis, "choose width or depth")
-        LevelGrid(tuple(self.levels))
-        StageSchedule.uniform(self.steps, self.stages)
-        if self.probes < 1:
-            raise ConfigError("probes", self.probes, "use at least 1 calibration probe")
-        if self.damp <= 0:
-            raise ConfigError("damp", self.damp, "use a positive damping such as 0.01")
-
-    @property
-    def grid(self) -> LevelGrid:
-        return LevelGrid(tuple(self.levels))
+SCHEMA = 2  # 2: PruningConfig's calibration_samples and plan_cache_mb, no guidance_scale
 
 
 @dataclass
@@ -74,7 +41,7 @@ class LevelCost:
     latency: float | None = None
 
 
-def zoo_runner(config: PruningConfig) -> Callable[[Any, int], Any]:
+def zoo_runner(config: PruningConfig, guidance_scale: float = 2.0) -> Callable[[Any, int], Any]:
     """The default calibration run for class-conditional pipelines: every class in turn, seeded noise, the
     configured guidance (text-to-image pipelines need prompts: pass ``run``)."""
     from diffes.models.adapters import Guidance, adapter_for, calibration_runner
@@ -84,8 +51,8 @@ def zoo_runner(config: PruningConfig) -> Callable[[Any, int], Any]:
         if adapter.conditioning != "classes":
             raise ConfigError("run", None, f"{type(pipe).__name__} needs prompts: pass a calibration run")
         classes = list(range(adapter.num_classes))  # type: ignore[attr-defined]
-        guidance = Guidance("cfg", config.guidance_scale)
-        return calibration_runner(adapter, classes, config.probes, config.seed, guidance)(pipe, steps)
+        guidance = Guidance("cfg", guidance_scale)
+        return calibration_runner(adapter, classes, config.calibration_samples, config.seed, guidance)(pipe, steps)
 
     return run
 
@@ -165,7 +132,7 @@ class PruningLibrary:
         if self.config.compensate and self.grams:
             self._compensate(plan)
         self._cache[key] = plan
-        budget = self.config.cache_mb * 2**20
+        budget = self.config.plan_cache_mb * 2**20
         while len(self._cache) > 1 and sum(p.nbytes() for p in self._cache.values()) > budget:
             self._cache.popitem(last=False)
         return plan

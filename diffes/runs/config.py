@@ -1,139 +1,73 @@
-"""RunConfig: one dataclass with everything a search run needs; flags and config-file keys match it.
+"""RunConfig: one nested configuration of a search run (model, pruning, search, fitness, execution).
 
-Every check that needs no model runs here, when the config is made, before anything is created or loaded:
-a model folder's pipeline class (read from its ``model_index.json``) tells whether it takes classes or prompts,
-so conditions of the wrong kind, a missing prompts file and a metric the model cannot use fail at once.
+Torch-free, so that ``diffes search`` checks every flag and config-file value before any heavy import and
+before anything is created. Flags and config-file keys are the fields that carry help text, by their plain
+names (``--budget``, ``budget = 0.5``); a file may also group them in tables (``[search] budget = 0.5``).
+pydantic checks types (strictly: ``"5"`` is no int, ``"false"`` no bool); each section's ``__post_init__``
+checks ranges and cross-field rules; ``RunConfig`` adds what concerns the model: its conditioning (read
+from a folder's ``model_index.json``), conditions of the wrong kind, and a metric the model cannot use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import tomllib
+from pydantic import TypeAdapter, ValidationError
 
-from diffes.errors import ConfigError
-from diffes.fitness.metrics import METRICS
-from diffes.models.adapters import Guidance
-from diffes.models.loading import is_zoo_model, model_conditioning
-from diffes.pruning.levels import DEFAULT_LEVELS, LevelGrid
-from diffes.pruning.library import PruningConfig
+from diffes.errors import ConfigError, DiffesError
+from diffes.families import is_zoo_name, model_conditioning
+from diffes.fields import Bool, Int, Number, Text, option
+from diffes.pruning.config import PruningConfig
 from diffes.search.config import SearchConfig
 
-__all__ = ["RunConfig", "load_config_file", "parse_classes", "read_prompts", "default_metric", "EXECUTORS", "COSTS"]
+__all__ = [
+    "RunConfig",
+    "ModelConfig",
+    "FitnessConfig",
+    "ExecutionConfig",
+    "FLAGS",
+    "flag_help",
+    "section_class",
+    "load_config_file",
+    "parse_classes",
+    "read_prompts",
+    "default_metric",
+]
 
-EXECUTORS = ("local", "ray")
-COSTS = ("macs", "latency")
-GUIDANCE_KINDS = ("cfg", "distilled", "none")
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _option(default: Any, help: str) -> Any:
-    """A config field whose help text is also the flag's, so the two cannot drift apart."""
-    return field(default=default, metadata={"help": help})
+Dtype = Literal["float32", "float16", "bfloat16"]
+GuidanceKind = Literal["cfg", "distilled", "none"]
+MetricName = Literal["auto", "classifier", "lpips", "lpips-vgg", "lpips-squeeze", "clip", "ssim", "psnr", "mse"]
+ExecutorKind = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    name: str = _option("", "run name, one folder name (default: run-<date>-<time>)")
-    runs_dir: str = _option("runs", "folder that holds the runs")
-    model: str = _option("dit-digits", "zoo model name (dit-digits, unet-digits) or a diffusers pipeline folder")
-    device: str | None = _option(None, "cpu, cuda, cuda:1 (default: cuda if present)")
-    dtype: str = _option(
-        "float32", "float32, float16 (CUDA only) or bfloat16: the dtype the pipeline is loaded and searched in"
-    )
-    # conditions: class ids (class-conditional models) or a prompts file, one prompt per line (text models)
-    classes: str | None = _option(None, "class ids of a class-conditional model, e.g. 0-9 or 1,4,7 (zoo default: all)")
-    prompts: str | None = _option(None, "text file, one prompt per line (text-to-image models)")
-    negative_prompt: str | None = _option(
-        None, "negative prompt of the unconditional guidance branch (text-to-image models)"
-    )
-    height: int | None = _option(None, "image height in pixels (default: the pipeline's)")
-    width: int | None = _option(None, "image width in pixels (default: the pipeline's)")
-    # budget and search
-    budget: float = _option(SearchConfig.budget, "mean cost per step as a fraction of dense (e.g. 0.5)")
-    cost: str = _option("macs", "budget measure: macs, or latency (measured per level on this device)")
-    algorithm: str = _option(SearchConfig.algorithm, "ga, nsga2 (Pareto front over budgets) or islands")
-    population: int = _option(SearchConfig.population, "survivors per generation (mu), per island")
-    offspring: int = _option(SearchConfig.offspring, "children per generation (lambda), per island")
-    generations: int = _option(SearchConfig.generations, "generations after the initial population")
-    cxpb: float = _option(SearchConfig.cxpb, "probability that a child comes from crossover")
-    mutpb: float = _option(SearchConfig.mutpb, "probability that a child comes from mutation")
-    islands: int = _option(SearchConfig.islands, "populations in islands mode (ring migration)")
-    migration_interval: int = _option(SearchConfig.migration_interval, "generations between migrations (islands mode)")
-    hall_of_fame: int = _option(SearchConfig.hall_of_fame, "best schedules kept in the hall of fame")
-    seed: int = _option(SearchConfig.seed, "seed of every random draw of the run")
-    # stages and pruning
-    stages: int = _option(PruningConfig.stages, "stages of the trajectory (one level each)")
-    steps: int = _option(PruningConfig.steps, "sampling steps of the search trajectory")
-    levels: str = _option(
-        ",".join(str(x) for x in DEFAULT_LEVELS), "sparsity levels, e.g. 0,0.1,...,0.7 or heads:8,6,4,2"
-    )
-    importance: str = _option(PruningConfig.importance, "magnitude, taylor or activation")
-    axis: str = _option(PruningConfig.axis, "width (heads, MLP units, channels) or depth (whole transformer blocks)")
-    nested: bool = _option(PruningConfig.nested, "one unit order per layer for all stages: zero-copy routing")
-    compensate: bool = _option(PruningConfig.compensate, "least-squares refit of the layers that consume pruned units")
-    calibration_samples: int = _option(
-        PruningConfig.probes, "samples of the dense trajectory used to calibrate the library"
-    )
-    # fitness
-    probes: int = _option(2, "fitness probes per condition (class or prompt)")
-    probe_seed: int = _option(0, "seed of the probes' initial noise")
-    guidance: float = _option(PruningConfig.guidance_scale, "guidance scale")
-    guidance_kind: str = _option("cfg", "cfg (both branches), distilled (Flux-dev's guidance input) or none")
-    guidance_rescale: float = _option(0.0, "guidance rescale of SD/SDXL (0: off)")
-    metric: str = _option(
-        "auto",
-        "fitness metric: auto (zoo: classifier; else lpips with --lpips-weights, else ssim), classifier, "
-        "lpips, lpips-vgg, lpips-squeeze, clip, ssim, psnr, mse",
-    )
-    lpips_weights: str | None = _option(None, "a full LPIPS state dict, for clusters without internet")
-    clip_weights: str | None = _option(None, "a local transformers CLIP folder")
-    prefix_cache_mb: float = _option(256.0, "bound of the evaluator's cache of stage-boundary states, in MB")
-    # execution
-    executor: str = _option("local", "local (in-process) or ray")
-    address: str | None = _option(
-        None, "Ray cluster address (default: RAY_ADDRESS, a running cluster, or a new local one)"
-    )
-    workers: int = _option(0, "Ray workers (default: one per GPU, else one per CPU)")
-    gpus_per_worker: float = _option(-1.0, "GPUs per Ray worker (default: 1 where the cluster has GPUs)")
-    export: bool = _option(True, "export the best schedule as a routed checkpoint at the end")
+class ModelConfig:
+    model: Text = option("dit-digits", "zoo model name (dit-digits, unet-digits) or a diffusers pipeline folder")
+    device: Text | None = option(None, "cpu, cuda, cuda:1 (default: cuda if present)")
+    dtype: Dtype = option("float32", "float32, float16 (CUDA only) or bfloat16: the dtype the pipeline runs in")
+    classes: Text | None = option(None, "class ids of a class-conditional model, e.g. 0-9 or 1,4,7 (zoo: all)")
+    prompts: Text | None = option(None, "text file, one prompt per line (text-to-image models)")
+    negative_prompt: Text | None = option(None, "negative prompt of the unconditional branch (text-to-image)")
+    height: Int | None = option(None, "image height in pixels (default: the pipeline's)")
+    width: Int | None = option(None, "image width in pixels (default: the pipeline's)")
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise ConfigError("executor", self.executor, f"use one of {', '.join(EXECUTORS)}")
-        if self.cost not in COSTS:
-            raise ConfigError("cost", self.cost, f"use one of {', '.join(COSTS)}")
-        if self.probes < 1:
-            raise ConfigError("probes", self.probes, "use at least 1 probe per condition")
-        if self.workers < 0:
-            raise ConfigError("workers", self.workers, "use 0 (automatic) or a positive count")
-        if self.guidance_kind not in GUIDANCE_KINDS:
-            raise ConfigError("guidance_kind", self.guidance_kind, f"use one of {', '.join(GUIDANCE_KINDS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError("dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
-        if self.metric != "auto" and self.metric not in METRICS:
-            raise ConfigError("metric", self.metric, f"choose auto or one of {', '.join(METRICS)}")
         for key, size in (("height", self.height), ("width", self.width)):
             if size is not None and size < 1:
                 raise ConfigError(key, size, "use a positive image size in pixels")
-        self._check_model()
-        self.search_config()
-        self.pruning_config()
-
-    def _check_model(self) -> None:
-        """What can be known of the model from its name or folder, before it is loaded."""
-        conditioning = model_conditioning(self.model)
+        if self.classes is not None:
+            parse_classes(self.classes)
+        conditioning = model_conditioning(self.model)  # unknown names and unsupported classes fail here
         if conditioning == "classes":
             if self.prompts is not None or self.negative_prompt is not None:
                 key = "prompts" if self.prompts is not None else "negative_prompt"
                 raise ConfigError(key, getattr(self, key), f"{self.model} is class-conditional; give --classes")
-            if self.classes is not None:
-                parse_classes(self.classes)
-            elif not is_zoo_model(self.model):
+            if self.classes is None and not is_zoo_name(self.model):
                 raise ConfigError("classes", None, f"{self.model} is class-conditional; choose classes with --classes")
         else:
             if self.classes is not None:
@@ -141,15 +75,6 @@ class RunConfig:
                     "classes", self.classes, f"{self.model} is a text-to-image model; give --prompts FILE"
                 )
             read_prompts(self.prompts)
-        if self.metric == "classifier" and not is_zoo_model(self.model):
-            raise ConfigError("metric", "classifier", "the digit classifier judges zoo models only; use lpips or ssim")
-
-    def resolved(self) -> RunConfig:
-        """The config as a run records it: a name, and the metric the model gets by default."""
-        config = self if self.name else replace(self, name=time.strftime("run-%Y%m%d-%H%M%S"))
-        if config.metric == "auto":
-            config = replace(config, metric=default_metric(config.model, config.lpips_weights))
-        return config
 
     def conditions(self, num_classes: int | None) -> list[Any]:
         """The class ids (every class of a model with at most 10, by default) or the prompts of the run."""
@@ -161,75 +86,175 @@ class RunConfig:
             raise ConfigError("classes", None, f"{self.model} has {num_classes} classes; choose some with --classes")
         return list(range(num_classes))
 
-    def guidance_config(self) -> Guidance:
-        return Guidance(self.guidance_kind, self.guidance, self.guidance_rescale)  # type: ignore[arg-type]
 
-    def search_config(self) -> SearchConfig:
-        return SearchConfig(
-            algorithm=self.algorithm,
-            population=self.population,
-            offspring=self.offspring,
-            generations=self.generations,
-            cxpb=self.cxpb,
-            mutpb=self.mutpb,
-            islands=self.islands,
-            migration_interval=self.migration_interval,
-            budget=self.budget,
-            seed=self.seed,
-            hall_of_fame=self.hall_of_fame,
-        )
+@dataclass(frozen=True)
+class FitnessConfig:
+    probes: Int = option(2, "fitness probes per condition (class or prompt)")
+    probe_seed: Int = option(0, "seed of the probes' initial noise")
+    guidance: Number = option(2.0, "guidance scale")
+    guidance_kind: GuidanceKind = option("cfg", "cfg (both branches), distilled (Flux-dev's guidance input) or none")
+    guidance_rescale: Number = option(0.0, "guidance rescale of SD/SDXL (0: off)")
+    metric: MetricName = option(
+        "auto",
+        "fitness metric: auto (zoo: classifier; else lpips with --lpips-weights, else ssim), classifier, "
+        "lpips, lpips-vgg, lpips-squeeze, clip, ssim, psnr, mse",
+    )
+    lpips_weights: Text | None = option(None, "a full LPIPS state dict, for clusters without internet")
+    clip_weights: Text | None = option(None, "a local transformers CLIP folder")
+    prefix_cache_mb: Number = option(256.0, "bound of the evaluator's cache of stage-boundary states, in MB")
 
-    def pruning_config(self) -> PruningConfig:
-        return PruningConfig(
-            importance=self.importance,
-            levels=LevelGrid.parse(self.levels).fractions,
-            axis=self.axis,
-            nested=self.nested,
-            compensate=self.compensate,
-            stages=self.stages,
-            steps=self.steps,
-            probes=self.calibration_samples,
-            guidance_scale=self.guidance,
-            seed=self.seed,
-            latency=True,  # a few seconds per run; the report's cost table shows it, and `cost = "latency"` needs it
-        )
+    def __post_init__(self) -> None:
+        if self.probes < 1:
+            raise ConfigError("probes", self.probes, "use at least 1 probe per condition")
+        if not 0 <= self.probe_seed < 2**63:
+            raise ConfigError("probe_seed", self.probe_seed, "use a seed in [0, 2**63)")
+        if self.guidance < 0 or self.guidance_rescale < 0:
+            key = "guidance" if self.guidance < 0 else "guidance_rescale"
+            raise ConfigError(key, getattr(self, key), "use a value >= 0")
+        if self.prefix_cache_mb < 0:
+            raise ConfigError("prefix_cache_mb", self.prefix_cache_mb, "use a size in MB >= 0")
+
+    def guidance_config(self) -> Any:
+        from diffes.models.adapters.base import Guidance  # torch: only when a run is prepared
+
+        return Guidance(self.guidance_kind, self.guidance, self.guidance_rescale)
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    executor: ExecutorKind = option("local", "local (in-process) or ray")
+    address: Text | None = option(None, "Ray cluster address (default: RAY_ADDRESS, a running cluster, or a new one)")
+    workers: Int = option(0, "Ray workers (default: one per GPU, else one per CPU)")
+    gpus_per_worker: Number = option(-1.0, "GPUs per Ray worker (default: 1 where the cluster has GPUs)")
+    export: Bool = option(True, "export the best schedule as a routed checkpoint at the end")
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError("workers", self.workers, "use 0 (automatic) or a positive count")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: Text = option("", "run name, one folder name (default: run-<date>-<time>)")
+    runs_dir: Text = option("runs", "folder that holds the runs")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def __post_init__(self) -> None:
+        # the library's calibration seed is the run's seed: one seed per run, not one per section
+        if self.pruning.seed != self.search.seed:
+            object.__setattr__(self, "pruning", replace(self.pruning, seed=self.search.seed, latency=True))
+        elif not self.pruning.latency:  # a few seconds; the report's cost table and `cost = "latency"` need it
+            object.__setattr__(self, "pruning", replace(self.pruning, latency=True))
+        if self.fitness.metric == "classifier" and not is_zoo_name(self.model.model):
+            raise ConfigError("metric", "classifier", "the digit classifier judges zoo models only; use lpips or ssim")
+
+    def resolved(self) -> RunConfig:
+        """The config as a run records it: a name, and the metric the model gets by default."""
+        config = self if self.name else replace(self, name=time.strftime("run-%Y%m%d-%H%M%S"))
+        if config.fitness.metric == "auto":
+            metric: Any = default_metric(config.model.model, config.fitness.lpips_weights)
+            config = replace(config, fitness=replace(config.fitness, metric=metric))
+        return config
+
+    def with_generations(self, generations: int) -> RunConfig:
+        return replace(self, search=replace(self.search, generations=generations))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key.replace("-", "_") not in known:
-                raise ConfigError(key, d[key], f"unknown config key; known keys: {', '.join(sorted(known))}")
-        return cls(**{k.replace("-", "_"): v for k, v in d.items()})
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> RunConfig:
+        """A config from nested tables (``config.json``), flat keys (flags, config files), or both."""
+        nested = _nest(values)
+        try:
+            return TypeAdapter(cls).validate_python(nested)
+        except ValidationError as e:
+            raise _config_error(e) from None
+
+    def flat(self) -> dict[str, Any]:
+        """Every flag's value by its flat name."""
+        out = {}
+        for key, (section, name) in FLAGS.items():
+            out[key] = getattr(getattr(self, section) if section else self, name)
+        return out
 
 
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Keys of a TOML or YAML file (the same names as the flags; dashes or underscores)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", str(path), "no such file; give a .toml or .yaml config")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)}  # type: ignore[misc]
 
-            data = yaml.safe_load(text) or {}
+
+def _flags() -> dict[str, tuple[str | None, str]]:
+    """Flat key -> (section, field) for every field with help text; names are unique across sections."""
+    out: dict[str, tuple[str | None, str]] = {}
+    owners: list[tuple[str | None, type]] = [(None, RunConfig), *_sections().items()]
+    for section, cls in owners:
+        for f in fields(cls):
+            if "help" in f.metadata:
+                assert f.name not in out, f"flag {f.name} is defined twice"
+                out[f.name] = (section, f.name)
+    return out
+
+
+FLAGS = _flags()
+
+
+def section_class(section: str | None) -> type:
+    """The dataclass of a section (``None``: RunConfig's own fields)."""
+    return _sections()[section] if section else RunConfig
+
+
+def flag_help(key: str) -> str:
+    section, name = FLAGS[key]
+    return str(next(f for f in fields(section_class(section)) if f.name == name).metadata["help"])
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    sections = _sections()
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key in sections and isinstance(value, dict):
+            for inner, v in value.items():
+                nested.setdefault(key, {})[str(inner).replace("-", "_")] = v
+        elif key in FLAGS:
+            section, name = FLAGS[key]
+            if section is None:
+                nested[name] = value
+            else:
+                nested.setdefault(section, {})[name] = value
         else:
-            raise ConfigError("config", str(path), "use a .toml, .yaml or .yml file")
-    except (tomllib.TOMLDecodeError, ValueError) as e:
-        raise ConfigError("config", str(path), f"cannot parse it: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("config", str(path), "the file must hold a table of key = value pairs")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+            fix = f"unknown config key; known keys: {', '.join(sorted(FLAGS))}"
+            raise ConfigError(key, value, fix)
+    return nested
+
+
+def _config_error(error: ValidationError) -> DiffesError:
+    """The first problem as a one-line ConfigError (a section's own ConfigError passes through)."""
+    first = error.errors(include_url=False)[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, DiffesError):
+        return cause
+    loc = [str(p) for p in first["loc"] if not isinstance(p, int)]
+    key = loc[-1] if loc else "config"
+    kind = first["type"]
+    if kind == "unexpected_keyword_argument":
+        return ConfigError(key, first["input"], f"unknown config key; known keys: {', '.join(sorted(FLAGS))}")
+    fixes = {
+        "literal_error": f"use one of {first.get('ctx', {}).get('expected')}",
+        "int_type": "use a whole number (no quotes)",
+        "bool_type": "use true or false (no quotes)",
+        "string_type": "use a text value (in quotes)",
+        "dataclass_type": "use a table of key = value pairs",
+    }
+    return ConfigError(key, first["input"], fixes.get(kind, first["msg"][0].lower() + first["msg"][1:]))
 
 
 def parse_classes(text: str) -> list[int]:
-    """``"0-9"``, ``"3"`` or ``"1,4,7-9"`` to a list of ints (at most 100,000)."""
+    """``"0-9"``, ``"3"`` or ``"1,4,7-9"`` to a list of ints (ranges of at most 100,000)."""
     out: list[int] = []
     try:
         for part in str(text).split(","):
@@ -261,6 +286,38 @@ def read_prompts(path: str | None) -> list[str]:
 
 def default_metric(model: str, lpips_weights: str | None) -> str:
     """The zoo classifier for zoo models; LPIPS where its weights are at hand; else SSIM (needs no weights)."""
-    if is_zoo_model(model):
+    if is_zoo_name(model):
         return "classifier"
     return "lpips" if lpips_weights else "ssim"
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Keys of a TOML or YAML file (the flags' names, dashes or underscores; or tables per section)."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", str(path), "no such file; give a .toml or .yaml config")
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError("config", str(path), "use a .toml, .yaml or .yml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("config", str(path), "not a text file; give a TOML or YAML config") from None
+    if path.suffix == ".toml":
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("config", str(path), f"cannot parse it: {e}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+            raise ConfigError("config", str(path), f"cannot parse it ({where}): {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "the file must hold a table of key = value pairs")
+    return dict(data)

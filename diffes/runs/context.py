@@ -33,41 +33,43 @@ class RunContext:
 
 
 def make_metric(config: RunConfig) -> Metric:
-    weights = config.lpips_weights if config.metric.startswith("lpips") else None
-    if config.metric == "clip":
-        weights = config.clip_weights
-    return get_metric(config.metric, weights=weights)
+    fitness = config.fitness
+    weights = fitness.lpips_weights if fitness.metric.startswith("lpips") else None
+    if fitness.metric == "clip":
+        weights = fitness.clip_weights
+    return get_metric(fitness.metric, weights=weights)
 
 
 def load_adapter(config: RunConfig, device: str | None = None) -> SamplingAdapter:
     """The run's pipeline (in its dtype, on ``device`` or the run's device) behind its family's adapter."""
-    pipe = load_pipeline(config.model, device=device or config.device, dtype=config.dtype)
+    model = config.model
+    pipe = load_pipeline(model.model, device=device or model.device, dtype=model.dtype)
     pipe.set_progress_bar_config(disable=True)
-    return adapter_for(pipe, config.height, config.width)
+    return adapter_for(pipe, model.height, model.width)
 
 
 def run_conditions(config: RunConfig, adapter: SamplingAdapter) -> list[Any]:
-    return config.conditions(getattr(adapter, "num_classes", None))
+    return config.model.conditions(getattr(adapter, "num_classes", None))
 
 
 def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[SamplingAdapter, PruningLibrary, Teacher]:
     """Load or build (and save) the library and the teacher; a crash in between just redoes the missing part."""
     make_metric(config)  # fail on missing metric weights before any expensive work
     adapter = load_adapter(config)
-    guidance = config.guidance_config()
+    guidance, negative = config.fitness.guidance_config(), config.model.negative_prompt
     adapter.check_guidance(guidance)
     conditions = run_conditions(config, adapter)
     if not run.has_library():
         run_fn = calibration_runner(
-            adapter, conditions, config.calibration_samples, config.seed, guidance, config.negative_prompt
+            adapter, conditions, config.pruning.calibration_samples, config.search.seed, guidance, negative
         )
-        build_library(adapter.pipe, config.pruning_config(), run=run_fn, progress=progress).save(run.library_dir)
+        build_library(adapter.pipe, config.pruning, run=run_fn, progress=progress).save(run.library_dir)
     library = PruningLibrary.load(run.library_dir)  # one source of truth, fresh or resumed
     if run.has_teacher():
         teacher = Teacher.load(run.teacher_file)
     else:
-        probes = make_probes(adapter, conditions, config.probes, config.probe_seed, guidance, config.negative_prompt)
-        teacher = Teacher.compute(adapter, probes, config.steps, guidance)
+        probes = make_probes(adapter, conditions, config.fitness.probes, config.fitness.probe_seed, guidance, negative)
+        teacher = Teacher.compute(adapter, probes, config.pruning.steps, guidance)
         teacher.save(run.teacher_file)
     return adapter, library, teacher
 
@@ -92,5 +94,7 @@ def _context(
     adapter: SamplingAdapter, library: PruningLibrary, teacher: Teacher, metric: Metric, config: RunConfig
 ) -> RunContext:
     router = Router(adapter.denoiser, library)
-    evaluator = Evaluator(adapter, router, teacher, metric, library.schedule, prefix_cache_mb=config.prefix_cache_mb)
+    evaluator = Evaluator(
+        adapter, router, teacher, metric, library.schedule, prefix_cache_mb=config.fitness.prefix_cache_mb
+    )
     return RunContext(adapter, library, teacher, router, evaluator)

@@ -43,7 +43,7 @@ class SearchResult:
 
         config = self.run.config()
         library = PruningLibrary.load(self.run.library_dir)
-        timesteps = adapter_for(pipe, config.height, config.width).timesteps(config.steps)
+        timesteps = adapter_for(pipe, config.model.height, config.model.width).timesteps(config.pruning.steps)
         schedule = RoutingSchedule.from_stages(library.schedule, timesteps, self.best["genome"])
         return apply(pipe, library, schedule)
 
@@ -77,8 +77,8 @@ class GenerationBar:
 
 def make_budget(config: RunConfig, library: PruningLibrary) -> Budget:
     weights = [n / library.schedule.num_steps for n in library.schedule.stage_lengths()]
-    costs = [library.stage_cost([lv] * library.num_stages, config.cost) for lv in range(library.num_levels)]
-    return config.search_config().make_budget(weights, costs)
+    costs = [library.stage_cost([lv] * library.num_stages, config.search.cost) for lv in range(library.num_levels)]
+    return config.search.make_budget(weights, costs)
 
 
 def uniform_genome(budget: Budget) -> tuple[int, ...]:
@@ -104,8 +104,8 @@ def run_new(run: RunDir, progress: bool = True) -> SearchResult:
 def resume_run(path: str, generations: int | None = None, progress: bool = True) -> SearchResult:
     run = RunDir.open(path)
     config = run.config()
-    if generations is not None and generations != config.generations:
-        config = replace(config, generations=generations)
+    if generations is not None and generations != config.search.generations:
+        config = config.with_generations(generations)
         from diffes.io import write_json
 
         write_json(run.config_file, config.to_dict())
@@ -113,17 +113,17 @@ def resume_run(path: str, generations: int | None = None, progress: bool = True)
 
 
 def _executor(run: RunDir, config: RunConfig, bar: GenerationBar) -> Executor:
-    if config.executor == "local":
+    if config.execution.executor == "local":
         context = local_context(run, config, progress=bar.enabled)
         context.evaluator.on_scored = bar.advance
         return LocalExecutor(context.evaluator.evaluate, progress=_StartFinish(bar))
-    connect_ray(config.address)  # an unreachable cluster fails here, before any expensive work
+    connect_ray(config.execution.address)  # an unreachable cluster fails here, before any expensive work
     prepare(run, config, progress=bar.enabled)  # workers load these files; build them once, here
     from diffes.runs.worker import worker_evaluator
 
     # one torch thread per worker: a worker is one CPU slot (or drives one GPU)
     args = (str(run.path.resolve()), 1)
-    return RayExecutor(worker_evaluator, args, config.workers, config.gpus_per_worker, progress=bar)
+    return RayExecutor(worker_evaluator, args, config.execution.workers, config.execution.gpus_per_worker, progress=bar)
 
 
 class _StartFinish:
@@ -143,26 +143,26 @@ class _StartFinish:
 
 
 def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
-    seed_all(config.seed)
+    seed_all(config.search.seed)
     bar = GenerationBar(progress)
     executor = _executor(run, config, bar)
     try:
         library = PruningLibrary.load(run.library_dir)
         budget = make_budget(config, library)
-        toolbox = make_toolbox(config.search_config(), budget, executor.map)
+        toolbox = make_toolbox(config.search, budget, executor.map)
         state = _initial_state(run, config, budget, toolbox, bar)
 
         def on_generation(done: SearchState) -> None:
             _checkpoint(run, done, executor)
-            bar.label, bar.best = f"gen {done.generation + 1}/{config.generations}", best(done)[1]
+            bar.label, bar.best = f"gen {done.generation + 1}/{config.search.generations}", best(done)[1]
 
-        bar.label, bar.best = f"gen {state.generation + 1}/{config.generations}", best(state)[1]
-        state = run_search(config.search_config(), budget, toolbox, state, on_generation)
+        bar.label, bar.best = f"gen {state.generation + 1}/{config.search.generations}", best(state)[1]
+        state = run_search(config.search, budget, toolbox, state, on_generation)
         summary = _summary(state, budget, library, toolbox)
         run.write_best(summary)
     finally:
         executor.close()
-    exported = export_run(run) if config.export else None
+    exported = export_run(run) if config.execution.export else None
     if exported is not None:
         summary["export"] = str(exported)
     summary["samples"] = str(write_samples(run, summary))
@@ -181,16 +181,16 @@ def write_samples(run: RunDir, summary: dict[str, Any]) -> Path:
 def _initial_state(run: RunDir, config: RunConfig, budget: Budget, toolbox: Any, bar: GenerationBar) -> SearchState:
     checkpoint = run.latest_checkpoint()
     if checkpoint is None:
-        bar.label = f"gen 0/{config.generations}"
-        state = init_search(config.search_config(), budget, toolbox)
+        bar.label = f"gen 0/{config.search.generations}"
+        state = init_search(config.search, budget, toolbox)
         _checkpoint(run, state)
         return state
     state = SearchState.from_json(checkpoint["search"])
-    if state.budget != budget or state.config != replace(config.search_config(), generations=state.config.generations):
+    if state.budget != budget or state.config != replace(config.search, generations=state.config.generations):
         raise CheckpointError(f"{run.path}: the checkpoint does not match the run's config or library; start a new run")
     restore_rng(checkpoint["rng"])
-    if state.config.generations != config.generations:
-        state = replace(state, config=config.search_config())
+    if state.config.generations != config.search.generations:
+        state = replace(state, config=config.search)
     return state
 
 

@@ -101,7 +101,7 @@ def load_report_data(run: RunDir) -> ReportData:
     scored = lambda g: Scored(g, state.cache[g], state.budget.cost(g))  # noqa: E731
     front = [scored(g) for g, _, _ in pareto_front(state)] if state.config.algorithm == "nsga2" else []
     summary = run.best()
-    finished = summary is not None and summary.get("generation") == state.generation >= config.generations
+    finished = summary is not None and summary.get("generation") == state.generation >= config.search.generations
     return ReportData(
         run=run,
         config=config,
@@ -127,7 +127,7 @@ def population_share(state: SearchState, num_levels: int) -> np.ndarray:
 
 def write_figures(data: ReportData, out: Path) -> dict[str, Path]:
     """The four figures as PNGs in ``out``, by name: progress, costs (Pareto or scatter), schedule, hall_of_fame."""
-    metric, measure = data.config.metric, _measure(data)
+    metric, measure = data.config.fitness.metric, _measure(data)
     hof = [(f"#{i + 1}", s) for i, s in enumerate(data.hall_of_fame)] + [("uniform", data.uniform)]
     share = population_share(data.state, len(data.levels))
     costs_name = "pareto.png" if data.front else "schedules.png"
@@ -202,7 +202,7 @@ def _seconds(s: float) -> str:
 
 
 def _measure(data: ReportData) -> str:
-    return "MACs" if data.config.cost == "macs" else data.config.cost
+    return "MACs" if data.config.search.cost == "macs" else data.config.search.cost
 
 
 def _change(data: ReportData) -> float | None:
@@ -225,7 +225,7 @@ def _cards(data: ReportData) -> str:
     cards = [
         ("Mean MACs", _pct(macs), f"of dense · {1 / macs:.2f}× fewer" if macs > 0 else "of dense"),
         ("Budget", _pct(budget, 0), f"of dense {_measure(data)} per step"),
-        ("Best distance", f"{data.best.distance:.4f}", f"{data.config.metric} · lower is better"),
+        ("Best distance", f"{data.best.distance:.4f}", f"{data.config.fitness.metric} · lower is better"),
         ("Uniform distance", "—" if u is None else f"{u:.4f}", _versus(data)),
         ("Evaluated", f"{len(data.state.cache)}", f"schedules, generations 0–{data.state.generation}"),
     ]
@@ -309,10 +309,10 @@ def _samples_html(data: ReportData, samples: dict[str, Path]) -> str:
 def _meta(data: ReportData) -> str:
     c, s = data.config, data.state
     parts = [
-        f"model <b>{html.escape(c.model)}</b>",
-        f"{c.algorithm}, {s.generation}/{c.generations} generations",
+        f"model <b>{html.escape(c.model.model)}</b>",
+        f"{c.search.algorithm}, {s.generation}/{c.search.generations} generations",
         f"{data.library.num_stages} stages × {len(data.levels)} levels, {data.library.schedule.num_steps} steps",
-        f"metric {html.escape(c.metric)}",
+        f"metric {html.escape(c.fitness.metric)}",
         f"importance {html.escape(data.library.config.importance)}",
     ]
     return " · ".join(parts)

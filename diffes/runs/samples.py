@@ -27,12 +27,12 @@ def sample_schedules(
     config = run.config()
     library = PruningLibrary.load(run.library_dir)
     adapter = load_adapter(config)
-    guidance = config.guidance_config()
+    guidance = config.fitness.guidance_config()
     shown = run_conditions(config, adapter)[:MAX_ROWS]
     conditions = [c for c in shown for _ in range(per_condition)]
-    cond = adapter.encode(conditions, guidance, config.negative_prompt)
+    cond = adapter.encode(conditions, guidance, config.model.negative_prompt)
     latents = adapter.initial_latents(len(conditions), torch.Generator("cpu").manual_seed(seed))
-    timesteps = adapter.timesteps(config.steps)
+    timesteps = adapter.timesteps(config.pruning.steps)
     out = {}
     for name, genome in genomes.items():
         handle = None
@@ -40,7 +40,7 @@ def sample_schedules(
             handle = apply(adapter.pipe, library, RoutingSchedule.from_stages(library.schedule, timesteps, genome))
         try:
             generator = torch.Generator("cpu").manual_seed(seed + 1)
-            out[name] = adapter.decode(adapter.sample(cond, latents, config.steps, guidance, generator))
+            out[name] = adapter.decode(adapter.sample(cond, latents, config.pruning.steps, guidance, generator))
         finally:
             if handle is not None:
                 handle.remove()

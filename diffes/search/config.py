@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from diffes.errors import ConfigError
+from diffes.fields import Int, Number, option
 from diffes.search.genome import Budget
 
-__all__ = ["ALGORITHMS", "SearchConfig"]
+__all__ = ["ALGORITHMS", "Algorithm", "Cost", "SearchConfig"]
 
-ALGORITHMS = ("ga", "nsga2", "islands")
+Algorithm = Literal["ga", "nsga2", "islands"]
+Cost = Literal["macs", "latency"]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 
 
 @dataclass(frozen=True)
@@ -22,23 +26,26 @@ class SearchConfig:
     selected among parents + children (elitist). ``budget`` is the cost fraction every schedule must meet.
     """
 
-    algorithm: str = "ga"
-    population: int = 16
-    offspring: int = 16
-    generations: int = 20
-    cxpb: float = 0.3
-    mutpb: float = 0.7
-    mutation_moves: int = 1
-    islands: int = 4
-    migration_interval: int = 5
-    migration_size: int = 1
-    budget: float = 0.5
-    seed: int = 0
-    hall_of_fame: int = 5
+    algorithm: Algorithm = option("ga", "ga, nsga2 (Pareto front over budgets) or islands")
+    population: Int = option(16, "survivors per generation (mu), per island")
+    offspring: Int = option(16, "children per generation (lambda), per island")
+    generations: Int = option(20, "generations after the initial population")
+    cxpb: Number = option(0.3, "probability that a child comes from crossover")
+    mutpb: Number = option(0.7, "probability that a child comes from mutation")
+    mutation_moves: Int = option(1)
+    islands: Int = option(4, "populations in islands mode (ring migration)")
+    migration_interval: Int = option(5, "generations between migrations (islands mode)")
+    migration_size: Int = option(1)
+    budget: Number = option(0.5, "mean cost per step as a fraction of dense (e.g. 0.5)")
+    cost: Cost = option("macs", "budget measure: macs, or latency (measured per level on this device)")
+    seed: Int = option(0, "seed of every random draw of the run")
+    hall_of_fame: Int = option(5, "best schedules kept in the hall of fame")
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError("algorithm", self.algorithm, f"use one of {', '.join(ALGORITHMS)}")
+        if self.cost not in get_args(Cost):
+            raise ConfigError("cost", self.cost, f"use one of {', '.join(get_args(Cost))}")
         _check_int("population", self.population, 2)
         _check_int("offspring", self.offspring, 1)
         _check_int("generations", self.generations, 0)

@@ -19,7 +19,7 @@ STEPS, STAGES = 8, 4
 @pytest.fixture(scope="module")
 def setup() -> tuple:
     pipe = zoo_pipeline("dit-digits", trained=True)
-    library = build_library(pipe, PruningConfig(stages=STAGES, steps=STEPS, probes=10), progress=False)
+    library = build_library(pipe, PruningConfig(stages=STAGES, steps=STEPS, calibration_samples=10), progress=False)
     adapter, guidance = adapter_for(pipe), Guidance("cfg", 2.0)
     teacher = Teacher.compute(adapter, make_probes(adapter, list(range(10)), 1, 7, guidance), STEPS, guidance)
     router = Router(adapter.denoiser, library)

@@ -43,7 +43,7 @@ def test_routed_plan_equals_torch_pruning_copy(
         compensate=compensate,
         stages=2,
         steps=4,
-        probes=2,
+        calibration_samples=2,
         levels=(0, 0.25, 0.5, 0.75),
     )
     library = build_library(pipe, config, run=runner_for(pipe), progress=False)
@@ -81,7 +81,7 @@ def test_routed_plan_equals_torch_pruning_copy(
 
 def test_depth_pruning_drops_blocks_like_a_shorter_module_list() -> None:
     pipe = PIPELINES["dit-digits"]()
-    config = PruningConfig(axis="depth", stages=2, steps=4, probes=2, levels=(0, 0.2, 0.5))
+    config = PruningConfig(axis="depth", stages=2, steps=4, calibration_samples=2, levels=(0, 0.2, 0.5))
     library = build_library(pipe, config, progress=False)
     model = pipe.denoiser
     reference = copy.deepcopy(model)
@@ -106,7 +106,9 @@ def test_depth_pruning_drops_blocks_like_a_shorter_module_list() -> None:
 def test_tiny_pipelines_still_sample_after_remove() -> None:
     pipe = PIPELINES["UNet2DConditionModel"]()
     before = run_tiny(pipe, 3)
-    library = build_library(pipe, PruningConfig(stages=1, steps=2, probes=1), run=runner_for(pipe), progress=False)
+    library = build_library(
+        pipe, PruningConfig(stages=1, steps=2, calibration_samples=1), run=runner_for(pipe), progress=False
+    )
     router = Router(pipe.unet, library)
     router.set(library.plan(0, 5))
     pruned_images = run_tiny(pipe, 3)

@@ -17,7 +17,9 @@ from diffes.stages import StageSchedule
 def library() -> PruningLibrary:
     torch.set_flush_denormal(True)
     pipe = zoo_pipeline("dit-digits", trained=True)
-    return build_library(pipe, PruningConfig(stages=3, steps=6, probes=8, cache_mb=0.5), progress=False)
+    return build_library(
+        pipe, PruningConfig(stages=3, steps=6, calibration_samples=8, plan_cache_mb=0.5), progress=False
+    )
 
 
 def same_plan(a: object, b: object) -> bool:
@@ -100,7 +102,19 @@ def test_unprunable_model_names_its_type() -> None:
 
 def test_prune_and_inspect_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "lib"
-    args = ["prune", "--model", "unet-digits", "--stages", "2", "--steps", "4", "--probes", "4", "--out", str(out)]
+    args = [
+        "prune",
+        "--model",
+        "unet-digits",
+        "--stages",
+        "2",
+        "--steps",
+        "4",
+        "--calibration-samples",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--importance", "magnitude", "--levels", "0,0.25,0.5"]) == 0
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out

@@ -24,7 +24,7 @@ LEVELS = [7, 5, 2]
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
     torch.set_flush_denormal(True)
     pipe = zoo_pipeline("dit-digits", trained=True)
-    library = build_library(pipe, PruningConfig(stages=3, steps=6, probes=8), progress=False)
+    library = build_library(pipe, PruningConfig(stages=3, steps=6, calibration_samples=8), progress=False)
     pipe.scheduler.set_timesteps(6)
     schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, LEVELS)
     out = export_routed(tmp_path_factory.mktemp("x") / "routed", pipe, library, schedule)
@@ -62,7 +62,7 @@ def test_export_refuses_a_non_empty_folder(exported: tuple[Path, torch.Tensor]) 
 
 def test_export_refuses_a_routed_pipeline(tmp_path: Path) -> None:
     pipe = zoo_pipeline("dit-digits", trained=True)
-    library = build_library(pipe, PruningConfig(stages=2, steps=4, probes=4, nested=True), progress=False)
+    library = build_library(pipe, PruningConfig(stages=2, steps=4, calibration_samples=4, nested=True), progress=False)
     pipe.scheduler.set_timesteps(4)
     schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, [3, 1])
     handle = apply(pipe, library, schedule)

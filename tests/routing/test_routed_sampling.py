@@ -42,7 +42,7 @@ def sample(pipe: Any) -> torch.Tensor:
 @pytest.mark.parametrize("nested", [False, True])
 def test_routed_run_equals_stitched_copies(model_class: str, nested: bool) -> None:
     pipe = PIPELINES[model_class]()
-    config = PruningConfig(importance="taylor", nested=nested, stages=3, steps=STEPS, probes=2)
+    config = PruningConfig(importance="taylor", nested=nested, stages=3, steps=STEPS, calibration_samples=2)
     library = build_library(pipe, config, run=runner_for(pipe), progress=False)
     _, denoiser = find_denoiser(pipe)
     original = copy.deepcopy(denoiser)
@@ -66,7 +66,7 @@ def test_routed_run_equals_stitched_copies(model_class: str, nested: bool) -> No
 
 def test_stage_map_follows_timesteps_at_other_step_counts() -> None:
     pipe = PIPELINES["dit-digits"]()
-    library = build_library(pipe, PruningConfig(stages=4, steps=8, probes=2), progress=False)
+    library = build_library(pipe, PruningConfig(stages=4, steps=8, calibration_samples=2), progress=False)
     pipe.scheduler.set_timesteps(8)
     schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, [1, 2, 3, 4])
     assert [schedule.stage_at(float(t)) for t in pipe.scheduler.timesteps] == library.schedule.step_stages()

@@ -79,8 +79,8 @@ def test_config_file_keys_match_flags(capsys: pytest.CaptureFixture[str], tmp_pa
     yaml.write_text("budget: 0.4\nstages: 5\ncalibration_samples: 8\n")
     for path in (toml, yaml):
         config = RunConfig.from_dict(load_config_file(path))
-        assert (config.budget, config.stages, config.calibration_samples) == (0.4, 5, 8)
+        assert (config.search.budget, config.pruning.stages, config.pruning.calibration_samples) == (0.4, 5, 8)
     bad = tmp_path / "bad.toml"
     bad.write_text("budgett = 0.4\n")
     assert "budgett" in fails(capsys, "search", "--config", str(bad))
-    assert json.loads(json.dumps(RunConfig().to_dict())) == RunConfig().to_dict()
+    assert RunConfig.from_dict(json.loads(json.dumps(RunConfig().to_dict()))) == RunConfig()

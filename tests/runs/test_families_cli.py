@@ -62,7 +62,7 @@ def test_search_resume_export_generate(family: str, saved_pipelines: dict[str, P
     assert main(["search", *flags, "--name", "run", "--generations", "1", "--no-export"]) == 0
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
-    assert config["metric"] == "ssim"  # a non-zoo model gets a metric that needs no weights
+    assert config["fitness"]["metric"] == "ssim"  # a non-zoo model gets a metric that needs no weights
     # the encoded conditions live in the run directory: workers load no text encoder
     assert (run / "teacher.json").is_file()
     assert main(["resume", str(run), "--generations", "2", "--quiet"]) == 0

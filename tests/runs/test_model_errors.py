@@ -41,8 +41,16 @@ def fake_pipeline(root: Path, class_name: str) -> Path:
         ("StableDiffusionPipeline", ["--prompts", "missing.txt"], "prompts='missing.txt': no such file"),
         ("StableDiffusionPipeline", ["--prompts", "empty.txt"], "the file holds no prompt"),
         ("StableDiffusionPipeline", ["--prompts", "p.txt", "--metric", "classifier"], "metric='classifier': the digit"),
-        ("FluxPipeline", ["--prompts", "p.txt", "--dtype", "float64"], "dtype='float64': use one of float32"),
-        ("FluxPipeline", ["--prompts", "p.txt", "--guidance-kind", "double"], "guidance_kind='double': use one of"),
+        (
+            "FluxPipeline",
+            ["--prompts", "p.txt", "--dtype", "float64"],
+            "dtype='float64': use one of 'float32', 'float16' or 'bfloat16'",
+        ),
+        (
+            "FluxPipeline",
+            ["--prompts", "p.txt", "--guidance-kind", "double"],
+            "guidance_kind='double': use one of 'cfg', 'distilled' or 'none'",
+        ),
     ],
 )
 def test_own_model_mistakes(

@@ -37,7 +37,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunDir]:
     root = tmp_path_factory.mktemp("runs")
     with one_thread(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(job, "write_samples", lambda run, summary: run.path / "samples.png")  # not tested here: skip it
-        ga = start_run(RunConfig(name="ga", runs_dir=str(root), **TINY), progress=False).run  # type: ignore[arg-type]
+        ga = start_run(RunConfig.from_dict({"name": "ga", "runs_dir": str(root), **TINY}), progress=False).run
     return {"ga": ga, "nsga": nsga2_run(ga, root / "nsga")}
 
 
@@ -56,17 +56,18 @@ def one_thread() -> Iterator[None]:
 
 def nsga2_run(source: RunDir, path: Path) -> RunDir:
     """A run directory with the checkpoints of a 2-generation NSGA-II search, fitness 1 - cost (+ a tie breaker)."""
-    config = replace(source.config(), name=path.name, algorithm="nsga2")
+    config = source.config()
+    config = replace(config, name=path.name, search=replace(config.search, algorithm="nsga2"))
     run = RunDir(path)
     shutil.copytree(source.library_dir, run.library_dir)
     write_json(run.config_file, config.to_dict())
     budget = job.make_budget(config, PruningLibrary.load(run.library_dir))
     fitness = lambda genomes: [1 - budget.cost(g) + 0.01 * (g[0] - g[-1]) ** 2 for g in genomes]  # noqa: E731
-    toolbox = make_toolbox(config.search_config(), budget, fitness)
-    state = init_search(config.search_config(), budget, toolbox)
+    toolbox = make_toolbox(config.search, budget, fitness)
+    state = init_search(config.search, budget, toolbox)
     while True:
         run.write_checkpoint(state.generation, {"search": state.to_json(), "rng": capture_rng(), "worker_restarts": 0})
-        if state.generation == config.generations:
+        if state.generation == config.search.generations:
             return run
         state = next_generation(state, toolbox)
 
@@ -110,7 +111,7 @@ def test_table_and_figures_match_the_run(runs: dict[str, RunDir], report: Path) 
     assert table is not None
     rows = re.findall(r"<tr><td>(\d+)</td><td>[^<]*</td><td>L(\d+)</td><td>(\d+)%</td>", table.group(1))
     assert [int(level) for _, level, _ in rows] == best["genome"]
-    levels = run.config().pruning_config().levels
+    levels = run.config().pruning.levels
     assert [int(pct) for _, _, pct in rows] == [round(100 * levels[lv]) for lv in best["genome"]]
     # every run measures each level's latency on its device, so the cost table has it
     assert "<th>Latency / call</th>" in table.group(1)
