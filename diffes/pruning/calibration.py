@@ -8,11 +8,12 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from diffes.errors import UnsupportedModelError
 from diffes.models.steps import StepAwareHook, attach_hook
+from diffes.pruning.layers import layer_spec
 from diffes.stages import StageSchedule
 
 __all__ = ["Call", "CalibrationSet", "record_calls", "map_tensors", "first_tensor", "collect_grams", "single_sample"]
@@ -108,12 +109,12 @@ def record_calls(pipe: Any, schedule: StageSchedule, run: Callable[[Any, int], A
 
 
 def _patches(module: Any, x: torch.Tensor) -> torch.Tensor:
-    """Consumer inputs as rows: (tokens, in_features) for Linear, (positions, in*k*k) for Conv2d."""
-    if isinstance(module, nn.Conv2d):
-        padding: Any = module.padding  # diffes only meets numeric padding in diffusers' convolutions
-        cols = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
+    """Consumer inputs as Gram rows, as the consumer's layer spec unfolds them ((tokens, in_features) for
+    Linear, (positions, in*k*k) for Conv2d)."""
+    rows = layer_spec(module).rows
+    if rows is None:
+        raise UnsupportedModelError(f"consumer type={type(module).__name__}: no Gram rows for it; use compensate=False")
+    return rows(module, x)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from torch import nn
 from diffes.errors import ConfigError
 from diffes.pruning.calibration import CalibrationSet
 from diffes.pruning.graph import UnitGroup
+from diffes.pruning.layers import BlockSpec, block_spec
 
 __all__ = ["IMPORTANCE", "unit_scores", "magnitude_scores", "taylor_scores", "activation_scores", "block_scores"]
 
@@ -76,27 +77,37 @@ def activation_scores(
         # columns are (in_channel, kh, kw) for a conv, the same order as the Gram's unfolded rows
         per_col = weight.pow(2).sum(0).flatten()
         channel = (per_col * energy).reshape(weight.shape[1], -1).sum(1)
-        out[g.name] = _per_unit(channel, g)
+        out[g.name] = _per_unit(channel[g.channels.start : g.channels.stop], g)
     return out
+
+
+def _change(streams_in: list[Any], streams_out: list[Any]) -> float:
+    """||y - x|| / ||x|| over every stream a block updates (a stream it drops, returning None, is left out)."""
+    pairs = [(x, y) for x, y in zip(streams_in, streams_out) if x is not None and y is not None]
+    moved = sum(float((y - x).double().pow(2).sum()) for x, y in pairs)
+    size = sum(float(x.double().pow(2).sum()) for x, _ in pairs)
+    return (moved / max(size, 1e-24)) ** 0.5
 
 
 @torch.no_grad()
 def block_scores(model: nn.Module, blocks: list[str], calib: CalibrationSet, stage: int) -> torch.Tensor:
-    """Per droppable block, the mean relative change it makes to the hidden states during the stage."""
+    """Per droppable block, the mean relative change it makes to the streams it updates during the stage
+    (the hidden states; for SD3 / Flux blocks also the text stream): what skipping it would undo."""
     change = torch.zeros(len(blocks), dtype=torch.float64)
 
-    def hook_for(i: int) -> Callable[..., None]:
+    def hook_for(i: int, spec: BlockSpec) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            x = args[0] if args else kwargs["hidden_states"]
-            y = output[0] if isinstance(output, tuple) else output
-            change[i] += float((y - x).norm() / x.norm().clamp_min(1e-12))
+            change[i] += _change(spec.inputs(module, args, kwargs), spec.outputs(output))
 
         return hook
 
-    modules = [model.get_submodule(n) for n in blocks]
-    calib.replay(
-        model, stage, [partial(m.register_forward_hook, hook_for(i), with_kwargs=True) for i, m in enumerate(modules)]
-    )
+    hooks: list[Callable[[], Any]] = []
+    for i, name in enumerate(blocks):
+        module = model.get_submodule(name)
+        spec = block_spec(module)
+        assert spec is not None, f"{name} is not a known block type"
+        hooks.append(partial(module.register_forward_hook, hook_for(i, spec), with_kwargs=True))
+    calib.replay(model, stage, hooks)
     return change / max(1, len(calib.calls[stage]))
 
 

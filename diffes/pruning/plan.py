@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from diffes.pruning.graph import SIZE_ATTRS, TP_PRUNERS, PrunableStructure, member_params
+from diffes.pruning.graph import PrunableStructure
+from diffes.pruning.layers import layer_spec
 
-__all__ = ["PrunePlan", "ModelShapes", "make_plan", "prune_copy"]
+__all__ = ["PrunePlan", "ModelShapes", "make_plan", "prune_copy", "pruned_indices", "kept_channels"]
 
 
 @dataclass
@@ -71,7 +72,8 @@ class PrunePlan:
 @dataclass(frozen=True)
 class ModelShapes:
     """What plan making needs of the dense model, per member ("module:side"): each tensor it slices
-    as (param, dim, size of dim), and the size attributes torch-pruning rewrites, with dense values."""
+    as (param, dim, size of dim), and the size attributes torch-pruning rewrites, with dense values
+    (an int; for a shape tuple such as ``LayerNorm.normalized_shape``, its last entry)."""
 
     tensors: dict[str, list[tuple[str, int, int]]]
     sizes: dict[str, dict[str, int]]
@@ -83,14 +85,14 @@ class ModelShapes:
         for group in structure.groups:
             for m in group.members:
                 module = model.get_submodule(m.module)
-                key = f"{m.module}:{m.side}"
+                spec, key = layer_spec(module), f"{m.module}:{m.side}"
                 tensors[key] = [
                     (pname, dim, int(getattr(module, pname).shape[dim]))
-                    for pname, dim in member_params(module, m.side)
+                    for pname, dim in spec.tensors(m.side)
                     if getattr(module, pname, None) is not None
                 ]
-                attr = _size_attr(module, m.side)
-                sizes[key] = {attr: int(getattr(module, attr))} if attr else {}
+                size = spec.size(m.side)
+                sizes[key] = {size.name: size.read(module)} if size else {}
         return cls(tensors, sizes)
 
     def to_dict(self) -> dict[str, object]:
@@ -100,6 +102,36 @@ class ModelShapes:
     def from_dict(cls, d: dict) -> ModelShapes:
         tensors = {k: [(str(p), int(dim), int(n)) for p, dim, n in v] for k, v in d["tensors"].items()}
         return cls(tensors, {k: {a: int(x) for a, x in v.items()} for k, v in d["sizes"].items()})
+
+
+def pruned_indices(structure: PrunableStructure, kept_units: dict[str, list[int]]) -> dict[str, set[int]]:
+    """Per member ("module:side"), the indices it loses over every group: a consumer read by several groups
+    (a Flux single block's ``proj_out``) loses the pruned channels of each, in one slice."""
+    pruned: dict[str, set[int]] = {}
+    for group in structure.groups:
+        units = kept_units.get(group.name)
+        if units is None or len(units) == group.num_units:
+            continue
+        kept_roots = set(group.kept_roots(sorted(units)))
+        for m in group.members:
+            lost = {i for i, r in zip(m.idxs, m.roots) if r not in kept_roots}
+            pruned.setdefault(f"{m.module}:{m.side}", set()).update(lost)
+    return pruned
+
+
+def kept_channels(
+    shapes: ModelShapes, structure: PrunableStructure, kept_units: dict[str, list[int]]
+) -> dict[str, torch.Tensor]:
+    """Consumer -> its sorted kept input channels, for each consumer that loses any (what compensation refits;
+    a consumer read by several groups is refit once, for all of them)."""
+    pruned = pruned_indices(structure, kept_units)
+    out = {}
+    for consumer in structure.consumers():
+        lost = pruned.get(f"{consumer}:in")
+        if lost:
+            size = next(n for pname, _, n in shapes.tensors[f"{consumer}:in"] if pname == "weight")
+            out[consumer] = torch.tensor([i for i in range(size) if i not in lost], dtype=torch.long)
+    return out
 
 
 def make_plan(
@@ -117,44 +149,30 @@ def make_plan(
         if units is None or len(units) == group.num_units:
             continue
         plan.kept_units[group.name] = sorted(units)
-        kept_roots = set(group.kept_roots(sorted(units)))
-        for member in group.members:
-            pruned = {i for i, r in zip(member.idxs, member.roots) if r not in kept_roots}
-            key = f"{member.module}:{member.side}"
-            for pname, dim, size in shapes.tensors[key]:
-                kept = [i for i in range(size) if i not in pruned]
-                plan.slices[f"{member.module}.{pname}"] = (dim, torch.tensor(kept, dtype=torch.long))
-            for attr, dense in shapes.sizes[key].items():
-                plan.overrides.setdefault(member.module, {})[attr] = dense - len(pruned)
         if group.count_attr:
             owner, attr = group.count_attr
             plan.overrides.setdefault(owner, {})[attr] = len(units)
+    for key, pruned in pruned_indices(structure, kept_units).items():
+        module = key.rpartition(":")[0]
+        for pname, dim, size in shapes.tensors[key]:
+            kept = [i for i in range(size) if i not in pruned]
+            plan.slices[f"{module}.{pname}"] = (dim, torch.tensor(kept, dtype=torch.long))
+        for attr, dense in shapes.sizes[key].items():
+            plan.overrides.setdefault(module, {})[attr] = dense - len(pruned)
     return plan
-
-
-def _size_attr(module: nn.Module, side: str) -> str | None:
-    for cls, attrs in SIZE_ATTRS.items():
-        if isinstance(module, cls):
-            return attrs[side]
-    return None
 
 
 def prune_copy(model: nn.Module, structure: PrunableStructure, plan: PrunePlan) -> nn.Module:
     """A deep copy pruned by torch-pruning's own pruning functions: the reference a routed model must equal."""
     pruned = copy.deepcopy(model)
+    for key, idxs in pruned_indices(structure, plan.kept_units).items():
+        name, _, side = key.rpartition(":")
+        module = pruned.get_submodule(name)
+        layer_spec(module).pruner(side)(module, sorted(idxs))
     for group in structure.groups:
-        units = plan.kept_units.get(group.name)
-        if units is None:
-            continue
-        kept_roots = set(group.kept_roots(units))
-        for member in group.members:
-            module = pruned.get_submodule(member.module)
-            idxs = sorted({i for i, r in zip(member.idxs, member.roots) if r not in kept_roots})
-            fn = next(f for (cls, side), f in TP_PRUNERS.items() if isinstance(module, cls) and side == member.side)
-            fn(module, idxs)
-        if group.count_attr:
+        if group.count_attr and group.name in plan.kept_units:
             owner, attr = group.count_attr
-            setattr(pruned.get_submodule(owner), attr, len(units))
+            setattr(pruned.get_submodule(owner), attr, len(plan.kept_units[group.name]))
     for key, tensor in plan.replacements.items():
         module_name, _, pname = key.rpartition(".")
         getattr(pruned.get_submodule(module_name), pname).data = tensor.clone()

@@ -22,6 +22,7 @@ from torch import nn
 
 from diffes.errors import ConfigError, UnsupportedModelError
 from diffes.pruning.graph import PrunableStructure
+from diffes.pruning.layers import BlockSpec, SizeAttr, block_spec
 from diffes.pruning.library import PruningLibrary
 from diffes.pruning.plan import PrunePlan, prune_copy
 
@@ -53,15 +54,17 @@ def _ranked_positions(idxs: tuple[int, ...], roots: tuple[int, ...], rank: dict[
 
 
 class SkipBlockHook(ModelHook):  # type: ignore[misc]
-    """Makes a residual block return its input while ``active`` (depth pruning without editing the model)."""
+    """Makes a residual block return its input streams while ``active`` (depth pruning without editing the
+    model), in the structure the block returns: the hidden states, or (encoder, hidden) for SD3 / Flux."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: BlockSpec) -> None:
         super().__init__()
+        self.spec = spec
         self.active = False
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.active:
-            return args[0] if args else kwargs["hidden_states"]
+            return self.spec.pack(self.spec.inputs(module, args, kwargs))
         return self.fn_ref.original_forward(*args, **kwargs)
 
 
@@ -141,14 +144,19 @@ class Router:
     def _skip_hooks(self) -> dict[str, SkipBlockHook]:
         hooks = {}
         for name in self.library.structure.blocks:
-            hook = SkipBlockHook()
-            HookRegistry.check_if_exists_or_initialize(self.model.get_submodule(name)).register_hook(hook, SKIP_HOOK)
+            block = self.model.get_submodule(name)
+            spec = block_spec(block)
+            if spec is None:
+                raise UnsupportedModelError(f"block={name}: {type(block).__name__} has no BlockSpec; cannot skip it")
+            hook = SkipBlockHook(spec)
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, SKIP_HOOK)
             hooks[name] = hook
         return hooks
 
     @torch.no_grad()
     def _permute(self) -> None:
-        """Reorder each group's channels by the nested unit order, so plans keep prefixes."""
+        """Reorder each group's channels by the nested unit order, so plans keep prefixes. A tensor read by
+        several groups (a Flux single block's ``proj_out``) gathers every group's moves, then permutes once."""
         for g in self.library.structure.groups:
             order = self.library.unit_order(0, g.name).tolist()
             rank = {root: i for i, root in enumerate(g.kept_roots(order))}
@@ -156,11 +164,12 @@ class Router:
                 new_order = _ranked_positions(m.idxs, m.roots, rank)
                 for pname, dim, size in self.library.shapes.tensors[f"{m.module}:{m.side}"]:
                     key = f"{m.module}.{pname}"
-                    full = torch.arange(size)
+                    full = self.positions[key][1] if key in self.positions else torch.arange(size)
                     full[list(new_order)] = torch.tensor(list(new_order.values()))
                     self.positions[key] = (dim, full)
-                    self.dense[key] = self.dense[key].index_select(dim, full.to(self.dense[key].device))
-                    self.params[key].data = self.dense[key]
+        for key, (dim, full) in self.positions.items():
+            self.dense[key] = self.dense[key].index_select(dim, full.to(self.dense[key].device))
+            self.params[key].data = self.dense[key]
 
     # ---- tables ----
 
@@ -211,7 +220,9 @@ class Router:
             table.nbytes += tensor.numel() * tensor.element_size()
         for module_name, attrs in plan.overrides.items():
             for attr, value in attrs.items():
-                table.attrs[(module_name, attr)] = (self.dense_attrs[(module_name, attr)][0], value)
+                module, dense_value = self.dense_attrs[(module_name, attr)]
+                # plans store sizes as ints; a shape tuple (LayerNorm.normalized_shape) takes it as its last entry
+                table.attrs[(module_name, attr)] = (module, SizeAttr.write(dense_value, value))
         table.skipped = [self.skips[name] for name in plan.skipped]
         return table
 

@@ -96,7 +96,7 @@ def test_head_count_levels() -> None:
 
 def test_unprunable_model_names_its_type() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
-    with pytest.raises(UnsupportedModelError, match="model type Sequential"):
+    with pytest.raises(UnsupportedModelError, match="model=Sequential: "):
         trace_structure(model, lambda m: m(torch.randn(2, 4)))
 
 
