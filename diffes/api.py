@@ -37,13 +37,12 @@ def search(
     from diffes.io import write_json
     from diffes.runs.config import RunConfig
     from diffes.runs.job import run_new
-    from diffes.runs.rundir import RunDir
+    from diffes.runs.rundir import RunDir, check_run_name
 
     if (prompts is None) == (classes is None):
         raise ConfigError("conditions", None, "give prompts= (text-to-image) or classes= (class-conditional)")
     name = name or time.strftime("run-%Y%m%d-%H%M%S")
-    if Path(name).name != name or name in (".", ".."):  # the staging folder is named after it
-        raise ConfigError("name", name, "use one plain folder name")
+    check_run_name(name)  # the staging folder is named after it
     staging = Path(runs_dir) / f".{name}.pipeline-staging"
     if staging.exists():
         shutil.rmtree(staging)  # left by an interrupted call for the same name

@@ -20,6 +20,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from diffes.images import save_grid
+    from diffes.io import check_file_path
     from diffes.models.adapters import Guidance, adapter_for
     from diffes.runs.config import parse_classes, read_prompts
 
@@ -27,8 +28,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise ConfigError("steps", args.steps, "use at least 1 sampling step")
     if args.per_condition < 1:
         raise ConfigError("per-condition", args.per_condition, "use at least 1 sample per condition")
-    if Path(args.output).is_dir():
-        raise ConfigError("output", args.output, "that is a folder; give a .png file name")
+    check_file_path("output", args.output)
     prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     if prompts and args.classes is not None:
         raise ConfigError("classes", args.classes, "give classes or prompts, not both")
@@ -61,7 +61,6 @@ def _generate_pipeline(args: argparse.Namespace) -> object:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from pathlib import Path
 
     from diffes.models import load_pipeline
     from diffes.pruning import LevelGrid, PruningConfig, build_library
@@ -206,9 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) and flag errors (2), already printed
         return e.code if isinstance(e.code, int) else 2
-    from diffes.models.loading import fast_cpu_math
-
-    fast_cpu_math()
     # Handlers can only be set from the main thread; None: a handler set outside Python, which we leave alone.
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if previous is not None:

@@ -20,8 +20,16 @@ Axis = Literal["width", "depth"]
 IMPORTANCE: tuple[str, ...] = get_args(Importance)
 
 
-# a file or flag may give "0,0.1,0.2", "heads:8,6,4" or a list of numbers
-Levels = Annotated[tuple[float, ...], BeforeValidator(lambda v: LevelGrid.parse(v).fractions)]
+def _levels(value: object) -> tuple[float, ...]:
+    """A file or flag may give "0,0.1,0.2", "heads:8,6,4" or a list of numbers."""
+    if isinstance(value, str):
+        return LevelGrid.parse(value).fractions
+    if isinstance(value, list | tuple) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        return LevelGrid.parse(tuple(float(x) for x in value)).fractions
+    raise ConfigError("levels", value, "use fractions like 0,0.1,0.2 or head counts like heads:8,6,4")
+
+
+Levels = Annotated[tuple[float, ...], BeforeValidator(_levels)]
 
 
 @dataclass(frozen=True)

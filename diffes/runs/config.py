@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 Dtype = Literal["float32", "float16", "bfloat16"]
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")  # the form; whether it exists is checked with torch
 GuidanceKind = Literal["cfg", "distilled", "none"]
 MetricName = Literal["auto", "classifier", "lpips", "lpips-vgg", "lpips-squeeze", "clip", "ssim", "psnr", "mse"]
 ExecutorKind = Literal["local", "ray"]
@@ -57,6 +59,8 @@ class ModelConfig:
     width: Int | None = option(None, "image width in pixels (default: the pipeline's)")
 
     def __post_init__(self) -> None:
+        if self.device is not None and not DEVICE.fullmatch(self.device):
+            raise ConfigError("device", self.device, "use cpu, cuda or cuda:N (default: cuda if present)")
         for key, size in (("height", self.height), ("width", self.width)):
             if size is not None and size < 1:
                 raise ConfigError(key, size, "use a positive image size in pixels")
@@ -144,6 +148,10 @@ class RunConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def __post_init__(self) -> None:
+        if self.name:
+            from diffes.runs.rundir import check_run_name  # rundir imports this module
+
+            check_run_name(self.name)
         # the library's calibration seed is the run's seed: one seed per run, not one per section
         if self.pruning.seed != self.search.seed:
             object.__setattr__(self, "pruning", replace(self.pruning, seed=self.search.seed, latency=True))
@@ -218,8 +226,12 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
     for raw_key, value in values.items():
         key = str(raw_key).replace("-", "_")
         if key in sections and isinstance(value, dict):
+            known = {f.name for f in fields(sections[key])}
             for inner, v in value.items():
-                nested.setdefault(key, {})[str(inner).replace("-", "_")] = v
+                name = str(inner).replace("-", "_")
+                if name not in known:
+                    raise ConfigError(name, v, f"unknown key of [{key}]; known keys: {', '.join(sorted(known))}")
+                nested.setdefault(key, {})[name] = v
         elif key in FLAGS:
             section, name = FLAGS[key]
             if section is None:
@@ -238,6 +250,7 @@ def _config_error(error: ValidationError) -> DiffesError:
     cause = first.get("ctx", {}).get("error")
     if isinstance(cause, DiffesError):
         return cause
+    message = str(cause) if cause is not None else first["msg"]
     loc = [str(p) for p in first["loc"] if not isinstance(p, int)]
     key = loc[-1] if loc else "config"
     kind = first["type"]
@@ -250,7 +263,7 @@ def _config_error(error: ValidationError) -> DiffesError:
         "string_type": "use a text value (in quotes)",
         "dataclass_type": "use a table of key = value pairs",
     }
-    return ConfigError(key, first["input"], fixes.get(kind, first["msg"][0].lower() + first["msg"][1:]))
+    return ConfigError(key, first["input"], fixes.get(kind, message[0].lower() + message[1:]))
 
 
 def parse_classes(text: str) -> list[int]:

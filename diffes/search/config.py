@@ -54,6 +54,8 @@ class SearchConfig:
         _check_int("migration_interval", self.migration_interval, 1)
         _check_int("migration_size", self.migration_size, 1)
         _check_int("seed", self.seed, 0)
+        if self.seed >= 2**63:  # torch and numpy take seeds below 2**63
+            raise ConfigError("seed", self.seed, "use a seed in [0, 2**63)")
         _check_int("hall_of_fame", self.hall_of_fame, 1)
         _check_probability("cxpb", self.cxpb)
         _check_probability("mutpb", self.mutpb)

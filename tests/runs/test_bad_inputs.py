@@ -249,7 +249,6 @@ def test_generate_mistakes(rejects: Callable[..., str], tmp_path: Path) -> None:
     assert "classes=" in line and len(line) < 300
 
 
-@pytest.mark.xfail(strict=True, reason="generate checks -o for a file in the way only after sampling (cmd_generate)")
 def test_generate_output_under_a_file(rejects: Callable[..., str], tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     line = rejects("generate", "--classes", "0", "--steps", "1", "--per-class", "1", "-o", "afile/grid.png")
