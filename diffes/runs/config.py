@@ -32,6 +32,7 @@ __all__ = [
     "FitnessConfig",
     "ExecutionConfig",
     "FLAGS",
+    "check_run_name",
     "flag_help",
     "section_class",
     "load_config_file",
@@ -149,8 +150,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.name:
-            from diffes.runs.rundir import check_run_name  # rundir imports this module
-
             check_run_name(self.name)
         # the library's calibration seed is the run's seed: one seed per run, not one per section
         if self.pruning.seed != self.search.seed:
@@ -264,6 +263,23 @@ def _config_error(error: ValidationError) -> DiffesError:
         "dataclass_type": "use a table of key = value pairs",
     }
     return ConfigError(key, first["input"], fixes.get(kind, message[0].lower() + message[1:]))
+
+
+NAME_FIX = "use one plain folder name such as my-run (no '/', '\\', '.', '..' or control characters)"
+
+
+def check_run_name(name: str) -> str:
+    """``name`` as one plain path component: it cannot point anywhere but a child of the runs directory."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/"))
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or len(os.fsencode(name)) > 255  # the longest file name Linux and macOS file systems take
+    )
+    if bad:
+        raise ConfigError("name", name, NAME_FIX)
+    return name
 
 
 def parse_classes(text: str) -> list[int]:

@@ -23,27 +23,12 @@ from typing_extensions import NotRequired, TypedDict
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import atomic_path, check_folder_path, read_json, write_json
-from diffes.runs.config import RunConfig
+from diffes.runs.config import RunConfig, check_run_name
 from diffes.schema import RECORD, NonNegative, Uint32, reading
 
 __all__ = ["RunDir", "check_run_name", "run_path"]
 
 CHECKPOINT = re.compile(r"^gen_(\d{4,})\.json$")
-NAME_FIX = "use one plain folder name such as my-run (no '/', '\\', '.', '..' or control characters)"
-
-
-def check_run_name(name: str) -> str:
-    """``name`` as one plain path component: it cannot point anywhere but a child of the runs directory."""
-    bad = (
-        not name
-        or name in (".", "..")
-        or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/"))
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
-        or len(os.fsencode(name)) > 255  # the longest file name Linux and macOS file systems take
-    )
-    if bad:
-        raise ConfigError("name", name, NAME_FIX)
-    return name
 
 
 def run_path(runs_dir: str | os.PathLike[str], name: str) -> Path:
