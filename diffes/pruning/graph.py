@@ -78,10 +78,7 @@ class PrunableStructure:
             count = tuple(g["count_attr"]) if g.get("count_attr") else None
             args = (g["name"], g["kind"], g["consumer"], g["unit_size"], g["num_units"], members, count)
             groups.append(UnitGroup(*args, g.get("offset", 0)))  # type: ignore[arg-type]
-        blocks = list(d.get("blocks", []))
-        # libraries written before anchors were stored kept the first top-level block
-        anchors = d.get("anchors", ["transformer_blocks.0"] if blocks else [])
-        return cls(groups, blocks, list(anchors))
+        return cls(groups, list(d.get("blocks", [])), list(d.get("anchors", [])))
 
     def consumers(self) -> dict[str, list[UnitGroup]]:
         """Consumer -> the groups it reads, in structure order."""

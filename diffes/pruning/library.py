@@ -24,7 +24,7 @@ from diffes.pruning.config import PruningConfig
 from diffes.pruning.cost import count_macs, count_params, measure_latency
 from diffes.pruning.graph import PrunableStructure, trace_structure
 from diffes.pruning.importance import block_scores, unit_scores
-from diffes.pruning.plan import ModelShapes, PrunePlan, make_plan, prune_copy
+from diffes.pruning.plan import ModelShapes, PrunePlan, kept_channels, make_plan, prune_copy
 from diffes.schema import RECORD, NonNegative, reading, validate
 from diffes.stages import StageSchedule
 
@@ -104,7 +104,10 @@ class PruningLibrary:
         blocks = self.structure.blocks
         if self.config.axis != "depth" or not blocks:
             return []
-        n_drop = min(len(blocks), self.config.grid.pruned_units(level, len(blocks) + 1))
+        # anchors (the first top-level block) count toward the fraction but are never dropped; a level above
+        # dense drops at least one block, so every depth level is cheaper than dense
+        n_drop = self.config.grid.pruned_units(level, len(blocks) + len(self.structure.anchors))
+        n_drop = min(len(blocks), max(n_drop, 1 if level else 0))
         if self.config.nested:
             score = sum(s / s.sum().clamp_min(1e-30) for s in self.depth_scores)
         else:
@@ -152,17 +155,14 @@ class PruningLibrary:
         self.pinned.clear()
 
     def _compensate(self, plan: PrunePlan) -> None:
-        for g in self.structure.groups:
-            units = plan.kept_units.get(g.name)
-            if units is None:
-                continue
-            weight = self.consumers[f"{g.consumer}.weight"]
-            bias = self.consumers.get(f"{g.consumer}.bias")
-            kept = torch.tensor(g.kept_roots(units), dtype=torch.long)
-            new_w, new_b = compensate(weight, bias, self.grams[plan.stage][g.consumer], kept, self.config.damp)
-            plan.replacements[f"{g.consumer}.weight"] = new_w
+        # per consumer, not per group: a Flux single block's proj_out reads two groups and is refit once
+        for consumer, kept in kept_channels(self.shapes, self.structure, plan.kept_units).items():
+            weight = self.consumers[f"{consumer}.weight"]
+            bias = self.consumers.get(f"{consumer}.bias")
+            new_w, new_b = compensate(weight, bias, self.grams[plan.stage][consumer], kept, self.config.damp)
+            plan.replacements[f"{consumer}.weight"] = new_w
             if new_b is not None:
-                plan.replacements[f"{g.consumer}.bias"] = new_b
+                plan.replacements[f"{consumer}.bias"] = new_b
 
     def stage_cost(self, levels: list[int] | tuple[int, ...], measure: str = "macs") -> float:
         """Mean cost per step of a schedule (one level per stage), relative to dense."""
