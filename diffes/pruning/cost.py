@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["count_macs", "count_params", "measure_latency"]
+__all__ = ["count_macs", "module_macs", "count_params", "measure_latency"]
 
 
 def _cpu_sdpa_flops(
@@ -29,6 +29,16 @@ def count_macs(model: nn.Module, call: Callable[[nn.Module], object]) -> int:
     with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
         call(model)
     return int(counter.get_total_flops()) // 2
+
+
+@torch.no_grad()
+def module_macs(model: nn.Module, call: Callable[[nn.Module], object], names: list[str]) -> dict[str, int]:
+    """Multiply-accumulates of one call spent inside each named submodule ("" is the whole model)."""
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
+        call(model)
+    counts = counter.get_flop_counts()  # keyed by the module path under the root's class name
+    root = type(model).__name__
+    return {n: sum(counts.get(f"{root}.{n}" if n else root, {}).values()) // 2 for n in names}
 
 
 def count_params(model: nn.Module) -> int:
