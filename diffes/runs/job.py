@@ -88,7 +88,19 @@ def uniform_genome(budget: Budget) -> tuple[int, ...]:
 
 
 def start_run(config: RunConfig, progress: bool = True) -> SearchResult:
-    return run_new(RunDir.create(config.resolved()), progress)
+    config = config.resolved()
+    check_runtime(config)
+    return run_new(RunDir.create(config), progress)
+
+
+def check_runtime(config: RunConfig) -> None:
+    """The checks that need torch, before the run directory exists: the device is there, it can run the dtype,
+    and the metric's weights load."""
+    from diffes.models.loading import pick_device, torch_dtype
+    from diffes.runs.context import make_metric
+
+    torch_dtype(config.model.dtype, pick_device(config.model.device))
+    make_metric(config)
 
 
 def run_new(run: RunDir, progress: bool = True) -> SearchResult:

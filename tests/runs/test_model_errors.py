@@ -74,7 +74,13 @@ def test_own_model_mistakes(
 def test_half_precision_on_cpu_is_refused_before_work(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     err = fails(capsys, "search", "--dtype", "float16", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"))
     assert "dtype='float16': float16 needs a CUDA device; use float32 or bfloat16 on the CPU" in err
-    assert not any((tmp_path / "runs").glob("*/library"))
+    assert not (tmp_path / "runs").exists()  # refused before the run directory is made
+
+
+def test_missing_cuda_device_is_refused_before_work(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    err = fails(capsys, "search", "--device", "cuda:7", "--runs-dir", str(tmp_path / "runs"))
+    assert "device='cuda:7': no such CUDA device is visible here" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_generate_refuses_prompts_for_a_class_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
