@@ -115,7 +115,7 @@ _QKV = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 _QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
 
 
-def _head_members(attn: Any, prefix: str, offset: int) -> list[Member] | None:
+def _head_members(attn: Any, prefix: str) -> list[Member] | None:
     """The producing side of an attention's heads: query/key/value projections of both streams, and query/key
     norms that span all heads (a norm over head_dim is shared by every head and stays whole). None when a
     projection or norm has another width (grouped-query attention, an unknown norm): no head pruning."""
@@ -129,7 +129,7 @@ def _head_members(attn: Any, prefix: str, offset: int) -> list[Member] | None:
             continue
         if not isinstance(layer, nn.Linear) or layer.out_features != inner:
             return None
-        members.append(_whole(f"{prefix}{pname}", "out", inner, offset))
+        members.append(_whole(f"{prefix}{pname}", "out", inner))
     for pname in _QK_NORMS:
         norm: Any = getattr(attn, pname, None)
         spec = find_layer_spec(norm) if norm is not None else None
@@ -138,7 +138,7 @@ def _head_members(attn: Any, prefix: str, offset: int) -> list[Member] | None:
             continue
         if size != inner:
             return None
-        members.append(_whole(f"{prefix}{pname}", "out", inner, offset))
+        members.append(_whole(f"{prefix}{pname}", "out", inner))
     return members
 
 
@@ -148,7 +148,7 @@ def _attention(name: str, attn: Any) -> list[_Candidate]:
         return []  # a pre-only attention (Flux single block): its block's finder handles it
     prefix = f"{name}." if name else ""
     inner = attn.to_q.out_features
-    heads = _head_members(attn, prefix, 0)
+    heads = _head_members(attn, prefix)
     if heads is None or to_out[0].in_features != inner:
         return []
     consumers = [_whole(f"{prefix}to_out.0", "in", inner)]
@@ -168,7 +168,7 @@ def _flux_single(name: str, block: Any) -> list[_Candidate]:
     if block.proj_out.in_features != inner + mlp:
         return []
     found = []
-    heads = _head_members(attn, f"{name}.attn.", 0)
+    heads = _head_members(attn, f"{name}.attn.")  # the heads come first in proj_out
     if heads is not None:
         members = (_whole(consumer, "in", inner), *heads)
         size = inner // attn.heads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,6 +94,14 @@ def test_depth_scores_see_both_streams_of_mmdit_blocks() -> None:
     assert library.structure.blocks == ["transformer_blocks.1", "transformer_blocks.2"]
     assert bool((library.depth_scores[0] > 0).all()) and bool(torch.isfinite(library.depth_scores[0]).all())
     assert library.plan(0, 1).skipped  # 50% of three blocks, one of them an anchor
+
+
+def test_saved_library_keeps_shared_consumers_and_anchors(tmp_path: Path) -> None:
+    library = _library(Rig.of("flux"), axis="depth", importance="magnitude")
+    loaded = PruningLibrary.load(library.save(tmp_path / "lib"))
+    assert loaded.structure == library.structure and loaded.structure.anchors == ["transformer_blocks.0"]
+    assert [g.offset for g in loaded.structure.groups if g.name.endswith("proj_mlp")] == [16, 16]
+    assert loaded.plan(0, 1).skipped == library.plan(0, 1).skipped
 
 
 class _AcrossHeads:
