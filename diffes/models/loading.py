@@ -31,7 +31,9 @@ def fast_cpu_math() -> None:
 
 
 def is_zoo_model(name: str) -> bool:
-    return families.is_zoo_name(name)
+    from diffes.models.zoo import TEXT_GENERATORS  # the text-to-image zoo pipelines (t2i-digits)
+
+    return name in TEXT_GENERATORS or families.is_zoo_name(name)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -46,6 +48,10 @@ def pick_device(device: str | None = None) -> torch.device:
 def model_conditioning(model: str) -> str:
     """``"classes"`` or ``"prompts"``: what a zoo name or a pipeline folder is conditioned on (see
     ``diffes.families``, which knows it without loading anything)."""
+    from diffes.models.zoo import TEXT_GENERATORS
+
+    if model in TEXT_GENERATORS:
+        return "prompts"
     return families.model_conditioning(model)
 
 
@@ -80,7 +86,12 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: s
     dev = pick_device(str(device) if device is not None else None)
     model_conditioning(model)  # the one-line errors for unknown names and unsupported classes
     torch_type = torch_dtype(dtype, dev)
-    if is_zoo_model(model):
+    from diffes.models.t2i import load_t2i_pipeline
+    from diffes.models.zoo import TEXT_GENERATORS
+
+    if model in TEXT_GENERATORS:  # a diffusers pipeline folder shipped in the package, loaded as a user's is
+        pipe = load_t2i_pipeline(dtype=torch_type).to(dev)
+    elif is_zoo_model(model):
         pipe = zoo_pipeline(model).to(dev, torch_type)
     else:
         pipe = load_pipeline_folder(Path(model), torch_type).to(dev)
