@@ -54,7 +54,7 @@ FAMILIES: tuple[Family, ...] = (
 _BY_CLASS = {name: family for family in FAMILIES for name in family.pipeline_classes}
 
 # zoo generators and what they are conditioned on; the judge classifier is not a generator
-ZOO_GENERATORS: dict[str, Conditioning] = {"dit-digits": "classes", "unet-digits": "classes"}
+ZOO_GENERATORS: dict[str, Conditioning] = {"dit-digits": "classes", "unet-digits": "classes", "t2i-digits": "prompts"}
 JUDGE = "digits-classifier"
 DEFAULT_MODEL = "dit-digits"
 

@@ -31,27 +31,27 @@ def fast_cpu_math() -> None:
 
 
 def is_zoo_model(name: str) -> bool:
-    from diffes.models.zoo import TEXT_GENERATORS  # the text-to-image zoo pipelines (t2i-digits)
-
-    return name in TEXT_GENERATORS or families.is_zoo_name(name)
+    return families.is_zoo_name(name)
 
 
 def pick_device(device: str | None = None) -> torch.device:
     """The requested device, else CUDA when present, else CPU."""
     if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("device", device, "no CUDA device is visible here; use --device cpu")
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise ConfigError("device", device, "use cpu, cuda or cuda:N") from None
+        if chosen.type == "cuda" and (
+            not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()
+        ):
+            raise ConfigError("device", device, "no such CUDA device is visible here; use --device cpu")
+        return chosen
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_conditioning(model: str) -> str:
     """``"classes"`` or ``"prompts"``: what a zoo name or a pipeline folder is conditioned on (see
     ``diffes.families``, which knows it without loading anything)."""
-    from diffes.models.zoo import TEXT_GENERATORS
-
-    if model in TEXT_GENERATORS:
-        return "prompts"
     return families.model_conditioning(model)
 
 
@@ -83,6 +83,7 @@ def zoo_pipeline(name: str, weights: str | os.PathLike[str] | None = None) -> Zo
 
 def load_pipeline(model: str, device: str | torch.device | None = None, dtype: str = "float32") -> Any:
     """A zoo name gives a ``ZooPipeline``; a folder with ``model_index.json`` gives its diffusers pipeline."""
+    fast_cpu_math()  # every command that samples loads a pipeline first
     dev = pick_device(str(device) if device is not None else None)
     model_conditioning(model)  # the one-line errors for unknown names and unsupported classes
     torch_type = torch_dtype(dtype, dev)
@@ -92,7 +93,9 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: s
     if model in TEXT_GENERATORS:  # a diffusers pipeline folder shipped in the package, loaded as a user's is
         pipe = load_t2i_pipeline(dtype=torch_type).to(dev)
     elif is_zoo_model(model):
-        pipe = zoo_pipeline(model).to(dev, torch_type)
+        pipe = zoo_pipeline(model).to(dev)
+        if torch_type != torch.float32:  # diffusers warns on every .to(dtype=...), float32 included
+            pipe = pipe.to(torch_type)
     else:
         pipe = load_pipeline_folder(Path(model), torch_type).to(dev)
     return pipe

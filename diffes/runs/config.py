@@ -50,7 +50,7 @@ ExecutorKind = Literal["local", "ray"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: Text = option("dit-digits", "zoo model name (dit-digits, unet-digits) or a diffusers pipeline folder")
+    model: Text = option("dit-digits", "zoo model (dit-digits, unet-digits, t2i-digits) or a diffusers pipeline folder")
     device: Text | None = option(None, "cpu, cuda, cuda:1 (default: cuda if present)")
     dtype: Dtype = option("float32", "float32, float16 (CUDA only) or bfloat16: the dtype the pipeline runs in")
     classes: Text | None = option(None, "class ids of a class-conditional model, e.g. 0-9 or 1,4,7 (zoo: all)")

@@ -81,3 +81,13 @@ def test_conditions_of_the_wrong_kind_are_refused() -> None:
     schnell = adapter_for(full_flux_pipeline(guidance_embeds=False), 8, 8)
     with pytest.raises(ConfigError, match="guidance_kind='distilled': this Flux transformer has no guidance embedding"):
         schnell.encode(["a 3"], Guidance("distilled", 3.0))
+
+
+def test_the_torch_free_zoo_table_matches_the_zoo() -> None:
+    """diffes.families answers before torch is imported; it must agree with the zoo it stands in for."""
+    from diffes.families import JUDGE, ZOO_GENERATORS
+    from diffes.models.zoo import CLASS_GENERATORS, TEXT_GENERATORS, ZOO
+
+    assert set(ZOO) == {*ZOO_GENERATORS, JUDGE}
+    assert {n for n, c in ZOO_GENERATORS.items() if c == "classes"} == set(CLASS_GENERATORS)
+    assert {n for n, c in ZOO_GENERATORS.items() if c == "prompts"} == set(TEXT_GENERATORS)
