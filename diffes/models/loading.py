@@ -68,12 +68,19 @@ def torch_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_pipeline_folder(path: Path, dtype: torch.dtype | None = None) -> Any:
     """A pipeline saved with ``save_pretrained`` (ours or any diffusers class), from local files only."""
-    kwargs = {"local_files_only": True} | ({"torch_dtype": dtype} if dtype is not None else {})
-    if families.pipeline_class(path) == ZooPipeline.__name__:
-        return ZooPipeline.from_pretrained(path, **kwargs)
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
-    return DiffusionPipeline.from_pretrained(path, **kwargs)
+    kwargs = {"local_files_only": True} | ({"torch_dtype": dtype} if dtype is not None else {})
+    cls = ZooPipeline if families.pipeline_class(path) == ZooPipeline.__name__ else DiffusionPipeline
+    # no 'Loading pipeline components' bar: progress bars belong to diffes' own long steps
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    finally:
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
 
 
 def zoo_pipeline(name: str, weights: str | os.PathLike[str] | None = None) -> ZooPipeline:

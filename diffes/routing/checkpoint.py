@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -153,24 +151,9 @@ def check_pipeline_files(folder: Path, meta: dict[str, Any], verify: bool = Fals
             raise CheckpointError(f"{path}: does not match its SHA-256 from export; the file is damaged")
 
 
-@contextmanager
-def _quiet_diffusers() -> Iterator[None]:
-    """No 'Loading pipeline components' bar: loading a routed checkpoint prints nothing."""
-    from diffusers.utils import logging as diffusers_logging
-
-    was_enabled = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            diffusers_logging.enable_progress_bar()
-
-
 def _load_base(path: Path) -> Any:
     try:
-        with _quiet_diffusers():
-            return load_pipeline_folder(path)
+        return load_pipeline_folder(path)
     except DiffesError:
         raise
     except (OSError, ValueError, RuntimeError) as e:  # diffusers' and safetensors' errors for damaged files
