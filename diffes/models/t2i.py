@@ -110,7 +110,6 @@ def build_pipeline(seed: int = 0) -> Any:
 
 def load_t2i_pipeline(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | None = None) -> Any:
     """The trained pipeline, from the package's folder or ``path``, exactly as a user's folder is loaded."""
-    from diffusers import DiffusionPipeline
 
     folder = Path(path) if path is not None else weights_dir(T2I_MODEL)
     if not (folder / "model_index.json").is_file():
@@ -118,8 +117,9 @@ def load_t2i_pipeline(path: str | os.PathLike[str] | None = None, dtype: torch.d
             f"model={T2I_MODEL!r}: {folder / 'model_index.json'} is missing; "
             f"train it with `python scripts/train_zoo.py {T2I_MODEL}` or reinstall diffes"
         )
-    kwargs = {"local_files_only": True} | ({"torch_dtype": dtype} if dtype is not None else {})
-    return DiffusionPipeline.from_pretrained(folder, **kwargs)
+    from diffes.models.loading import load_pipeline_folder
+
+    return load_pipeline_folder(folder, dtype)
 
 
 @torch.no_grad()
