@@ -24,7 +24,7 @@ from diffes.pruning.library import PruningLibrary
 from diffes.runs import RunConfig, RunDir, job, start_run
 from diffes.runs.report import Scored, load_report_data, population_share, render_html, write_figures, write_report
 from diffes.runs.rng import capture_rng
-from diffes.search import init_search, make_toolbox, next_generation
+from diffes.search import SearchState, make_toolbox, run_search
 
 TINY = dict(
     stages=3, steps=6, calibration_samples=4, probes=1, population=4, offspring=4, generations=2, export=False
@@ -64,12 +64,11 @@ def nsga2_run(source: RunDir, path: Path) -> RunDir:
     budget = job.make_budget(config, PruningLibrary.load(run.library_dir))
     fitness = lambda genomes: [1 - budget.cost(g) + 0.01 * (g[0] - g[-1]) ** 2 for g in genomes]  # noqa: E731
     toolbox = make_toolbox(config.search, budget, fitness)
-    state = init_search(config.search, budget, toolbox)
-    while True:
+    def checkpoint(state: SearchState) -> None:
         run.write_checkpoint(state.generation, {"search": state.to_json(), "rng": capture_rng(), "worker_restarts": 0})
-        if state.generation == config.search.generations:
-            return run
-        state = next_generation(state, toolbox)
+
+    run_search(config.search, budget, toolbox, on_generation=checkpoint)
+    return run
 
 
 @pytest.fixture(scope="module")
