@@ -127,28 +127,9 @@ class FluxAdapter(TextAdapter):
         unpacked = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
         return super()._decode(unpacked)
 
-    def pipe_call(
-        self,
-        conditions: Sequence[Any],
-        num_steps: int,
-        guidance: Guidance,
-        generator: torch.Generator,
-        negative_prompt: str | None = None,
-    ) -> torch.Tensor:
-        prompts = list(conditions)
-        kwargs: dict[str, Any] = {}
-        if guidance.kind == "cfg":
-            kwargs = {"negative_prompt": [negative_prompt or ""] * len(prompts), "true_cfg_scale": guidance.scale}
-        scale = guidance.scale if guidance.kind == "distilled" else 1.0
-        out = self.pipe(
-            prompts,
-            num_inference_steps=num_steps,
-            guidance_scale=scale,
-            generator=generator,
-            height=self.height,
-            width=self.width,
-            output_type="pt",
-            max_sequence_length=self.max_sequence_length,
-            **kwargs,
-        )
-        return out.images.float().cpu()
+    def call_kwargs(self, n: int, guidance: Guidance, negative_prompt: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_sequence_length": self.max_sequence_length}
+        out["guidance_scale"] = guidance.scale if guidance.kind == "distilled" else 1.0
+        if guidance.kind == "cfg":  # true CFG: FluxPipeline's negative prompt and true_cfg_scale
+            out |= {"negative_prompt": [negative_prompt or ""] * n, "true_cfg_scale": guidance.scale}
+        return out

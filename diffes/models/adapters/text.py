@@ -51,6 +51,31 @@ class TextAdapter(SamplingAdapter):
         channels = self.denoiser.config.in_channels
         return self.pipe.prepare_latents(n, channels, self.height, self.width, self.dtype, self.device, generator, None)
 
+    def pipe_call(
+        self,
+        conditions: Sequence[Any],
+        num_steps: int,
+        guidance: Guidance,
+        generator: torch.Generator,
+        negative_prompt: str | None = None,
+    ) -> torch.Tensor:
+        prompts = list(conditions)
+        out = self.pipe(
+            prompts,
+            num_inference_steps=num_steps,
+            generator=generator,
+            height=self.height,
+            width=self.width,
+            output_type="pt",
+            **self.call_kwargs(len(prompts), guidance, negative_prompt),
+        )
+        return out.images.float().cpu()
+
+    def call_kwargs(self, n: int, guidance: Guidance, negative_prompt: str | None) -> dict[str, Any]:
+        """The family's own arguments of the reference ``pipe(...)`` call (guidance and negative prompt)."""
+        scale = guidance.scale if guidance.cfg else 1.0
+        return {"negative_prompt": [negative_prompt or ""] * n, "guidance_scale": scale}
+
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         z = latents.to(vae.dtype) / vae.config.scaling_factor
@@ -119,28 +144,15 @@ class PixArtAdapter(TextAdapter):
             noise = noise.chunk(2, dim=1)[0]
         return noise
 
-    def pipe_call(
-        self,
-        conditions: Sequence[Any],
-        num_steps: int,
-        guidance: Guidance,
-        generator: torch.Generator,
-        negative_prompt: str | None = None,
-    ) -> torch.Tensor:
-        out = self.pipe(
-            list(conditions),
-            negative_prompt=negative_prompt or "",
-            num_inference_steps=num_steps,
-            guidance_scale=guidance.scale if guidance.cfg else 1.0,
-            generator=generator,
-            height=self.height,
-            width=self.width,
-            use_resolution_binning=False,
-            clean_caption=False,
-            output_type="pt",
-            max_sequence_length=self.max_sequence_length,
-        )
-        return out.images.float().cpu()
+    def call_kwargs(self, n: int, guidance: Guidance, negative_prompt: str | None) -> dict[str, Any]:
+        scale = guidance.scale if guidance.cfg else 1.0
+        return {
+            "negative_prompt": negative_prompt or "",
+            "guidance_scale": scale,
+            "use_resolution_binning": False,  # diffes samples the exact size asked for
+            "clean_caption": False,
+            "max_sequence_length": self.max_sequence_length,
+        }
 
 
 class StableDiffusionAdapter(TextAdapter):
@@ -182,27 +194,8 @@ class StableDiffusionAdapter(TextAdapter):
         if self.denoiser.config.time_cond_proj_dim is not None:
             raise ConfigError("model", type(self.denoiser).__name__, "guidance-distilled UNets (LCM) are not supported")
 
-    def pipe_call(
-        self,
-        conditions: Sequence[Any],
-        num_steps: int,
-        guidance: Guidance,
-        generator: torch.Generator,
-        negative_prompt: str | None = None,
-    ) -> torch.Tensor:
-        prompts = list(conditions)
-        out = self.pipe(
-            prompts,
-            negative_prompt=[negative_prompt or ""] * len(prompts),
-            num_inference_steps=num_steps,
-            guidance_scale=guidance.scale if guidance.cfg else 1.0,
-            guidance_rescale=guidance.rescale,
-            generator=generator,
-            height=self.height,
-            width=self.width,
-            output_type="pt",
-        )
-        return out.images.float().cpu()
+    def call_kwargs(self, n: int, guidance: Guidance, negative_prompt: str | None) -> dict[str, Any]:
+        return super().call_kwargs(n, guidance, negative_prompt) | {"guidance_rescale": guidance.rescale}
 
 
 class StableDiffusionXLAdapter(StableDiffusionAdapter):
@@ -241,28 +234,6 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
     def unet_kwargs(self, prepared: dict[str, Any]) -> dict[str, Any]:
         return {"added_cond_kwargs": {"text_embeds": prepared["text_embeds"], "time_ids": prepared["time_ids"]}}
 
-    def pipe_call(
-        self,
-        conditions: Sequence[Any],
-        num_steps: int,
-        guidance: Guidance,
-        generator: torch.Generator,
-        negative_prompt: str | None = None,
-    ) -> torch.Tensor:
-        prompts = list(conditions)
-        out = self.pipe(
-            prompts,
-            negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
-            num_inference_steps=num_steps,
-            guidance_scale=guidance.scale if guidance.cfg else 1.0,
-            guidance_rescale=guidance.rescale,
-            generator=generator,
-            height=self.height,
-            width=self.width,
-            output_type="pt",
-        )
-        return out.images.float().cpu()
-
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
@@ -273,6 +244,11 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
         std_t = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
         image = vae.decode(latents * std_t / vae.config.scaling_factor + mean_t, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(image, output_type="pt").float().cpu()
+
+    def call_kwargs(self, n: int, guidance: Guidance, negative_prompt: str | None) -> dict[str, Any]:
+        # None, not "": SDXL encodes a missing negative prompt as zeros (force_zeros_for_empty_prompt)
+        negative = [negative_prompt] * n if negative_prompt else None
+        return super().call_kwargs(n, guidance, negative_prompt) | {"negative_prompt": negative}
 
 
 class SD3Adapter(TextAdapter):
@@ -342,24 +318,5 @@ class SD3Adapter(TextAdapter):
     def extra_step_kwargs(self, scheduler: Any, generator: torch.Generator | None) -> dict[str, Any]:
         return {}  # the SD3 pipeline passes none
 
-    def pipe_call(
-        self,
-        conditions: Sequence[Any],
-        num_steps: int,
-        guidance: Guidance,
-        generator: torch.Generator,
-        negative_prompt: str | None = None,
-    ) -> torch.Tensor:
-        prompts = list(conditions)
-        out = self.pipe(
-            prompts,
-            negative_prompt=[negative_prompt or ""] * len(prompts),
-            num_inference_steps=num_steps,
-            guidance_scale=guidance.scale if guidance.cfg else 1.0,
-            generator=generator,
-            height=self.height,
-            width=self.width,
-            output_type="pt",
-            max_sequence_length=self.max_sequence_length,
-        )
-        return out.images.float().cpu()
+    def call_kwargs(self, n: int, guidance: Guidance, negative_prompt: str | None) -> dict[str, Any]:
+        return super().call_kwargs(n, guidance, negative_prompt) | {"max_sequence_length": self.max_sequence_length}
