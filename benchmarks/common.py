@@ -52,6 +52,6 @@ def prepared_run(config: RunConfig, threads: int) -> RunDir:
     return run
 
 
-def temp_config(name: str, generations: int) -> RunConfig:
-    values = {"name": name, "runs_dir": tempfile.mkdtemp(), "generations": generations, "export": False}
+def temp_config(name: str, generations: int, **extra: Any) -> RunConfig:
+    values = {"name": name, "runs_dir": tempfile.mkdtemp(), "generations": generations, "export": False, **extra}
     return RunConfig.from_dict(values).resolved()

@@ -108,9 +108,10 @@ def slow_fast_slow(speeds: list[float], budget: Budget) -> Genome:
 
 
 @torch.no_grad()
-def held_out(ctx: RunContext, heldout: Evaluator, genome: Genome, teacher_feats: torch.Tensor) -> dict[str, float]:
+def held_out(
+    ctx: RunContext, heldout: Evaluator, genome: Genome, teacher_feats: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
     images = heldout.sample(genome)
-    labels = torch.tensor(heldout.teacher.probes.conditions)
     per_probe = heldout.metric(images, heldout.teacher.images)
     return {
         "distance": float(per_probe.mean()),
@@ -148,40 +149,47 @@ def evals_to_beat(state: Any, target: float) -> int | None:
 
 
 def main(args: argparse.Namespace) -> None:
-    config = temp_config("quality", args.generations)
+    text = args.prompts is not None  # a text-to-image model: one prompt per digit, prompt i shows digit i
+    values = {"model": args.model, **({"prompts": args.prompts} if text else {})}
+    config = temp_config("quality", args.generations, **values)
     run = prepared_run(config, args.threads)
     ctx = load_context(str(run.path))
     ctx.router.reset()
     guidance = ctx.teacher.guidance
-    probes = make_probes(ctx.adapter, list(range(10)), args.heldout_per_class, 1000, guidance)
+    conditions = config.model.conditions(10)
+    probes = make_probes(ctx.adapter, conditions, args.heldout_per_class, 1000, guidance, config.model.negative_prompt)
     teacher = Teacher.compute(ctx.adapter, probes, config.pruning.steps, guidance)
     metric = get_metric(config.fitness.metric)
     heldout = Evaluator(ctx.adapter, ctx.router, teacher, metric, ctx.library.schedule)
     teacher_feats = classifier_features(teacher.images)
     speeds = stage_speeds(ctx)
-    labels = torch.tensor(probes.conditions)
-    results: dict[str, Any] = {"dense": {"accuracy": class_accuracy(teacher.images, labels)}}
-    nsga_config = with_search(config, algorithm="nsga2", budget=max(BUDGETS))
-    nsga = searched(ctx, nsga_config, make_budget(nsga_config, ctx.library))
-    for fraction in BUDGETS:
+    labels = torch.tensor([conditions.index(c) if text else c for c in probes.conditions])
+    results: dict[str, Any] = {"dense": {"accuracy": class_accuracy(teacher.images, labels)}, "model": args.model}
+    budgets = [float(b) for b in args.budgets.split(",")]
+    nsga = None
+    if not args.quick:
+        nsga_config = with_search(config, algorithm="nsga2", budget=max(budgets))
+        nsga = searched(ctx, nsga_config, make_budget(nsga_config, ctx.library))
+    for fraction in budgets:
         cfg = with_search(config, budget=fraction)
         budget = make_budget(cfg, ctx.library)
         ga = searched(ctx, cfg, budget)
         rnd = random_search(ctx, budget, ga["evals"], seed=args.seed)
-        front = [p for p in pareto_front(nsga["state"]) if p[2] <= fraction + 1e-9]
         schedules = {
             "uniform": uniform_genome(budget),
-            "slow-fast-slow": slow_fast_slow(speeds, budget),
             "random search": rnd["genome"],
             "diffes GA": best(ga["state"])[0],
-            "diffes NSGA-II": min(front, key=lambda p: p[1])[0] if front else None,
         }
+        if nsga is not None:
+            front = [p for p in pareto_front(nsga["state"]) if p[2] <= fraction + 1e-9]
+            schedules["slow-fast-slow"] = slow_fast_slow(speeds, budget)
+            schedules["diffes NSGA-II"] = min(front, key=lambda p: p[1])[0] if front else None
         row: dict[str, Any] = {}
         for name, genome in schedules.items():
             if genome is None:
                 continue
             row[name] = {"genome": list(genome), "macs": ctx.library.stage_cost(genome)}
-            row[name].update(held_out(ctx, heldout, genome, teacher_feats))
+            row[name].update(held_out(ctx, heldout, genome, teacher_feats, labels))
         row["diffes GA"].update(
             search_seconds=ga["seconds"], search_calls=ga["calls"], evaluations=ga["evals"],
             evals_to_beat_random=evals_to_beat(ga["state"], rnd["fitness"]),
@@ -189,11 +197,13 @@ def main(args: argparse.Namespace) -> None:
         row["random search"].update(search_seconds=rnd["seconds"], search_calls=rnd["calls"], evaluations=ga["evals"])
         results[str(fraction)] = row
         print(fraction, {k: round(v["distance"], 5) for k, v in row.items()}, flush=True)
-    results["nsga2_search"] = {"seconds": nsga["seconds"], "calls": nsga["calls"], "evaluations": nsga["evals"]}
-    save("search_quality", {"config": config.to_dict(), "speeds": speeds, "results": results}, report(results))
+    if nsga is not None:
+        results["nsga2_search"] = {"seconds": nsga["seconds"], "calls": nsga["calls"], "evaluations": nsga["evals"]}
+    payload = {"config": config.to_dict(), "speeds": speeds, "results": results}
+    save(args.output, payload, report(results, budgets))
 
 
-def report(results: dict[str, Any]) -> str:
+def report(results: dict[str, Any], budgets: list[float]) -> str:
     dense_acc = results["dense"]["accuracy"]
     lines = [
         "| budget | method | MACs | search fitness (search probes) | held-out distance (± s.e.) | class accuracy | "
@@ -201,7 +211,7 @@ def report(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     verdicts = []
-    for fraction in BUDGETS:
+    for fraction in budgets:
         row = results[str(fraction)]
         lines.append(f"| {fraction:.0%} | dense | 100% | 0 | 0 | {dense_acc:.1%} | 0 | 1.00x |")
         for name, r in row.items():
@@ -210,7 +220,7 @@ def report(results: dict[str, Any]) -> str:
                 f"± {r['distance_se']:.4f} | {r['accuracy']:.1%} | {r['frechet']:.3f} | {r['speedup']:.2f}x |"
             )
         verdicts.append(_verdict(fraction, row))
-    acc50 = results["0.5"]["diffes GA"]["accuracy"]
+    acc50 = results["0.5"]["diffes GA"]["accuracy"] if "0.5" in results else float("nan")
     verdicts.append(
         f"- 50%: class accuracy {acc50:.1%} vs dense {dense_acc:.1%} (goal within 2 points: "
         f"{'met' if dense_acc - acc50 <= 0.02 else 'NOT met'})"
@@ -245,6 +255,11 @@ def _verdict(fraction: float, row: dict[str, Any]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--generations", type=int, default=20)
+    parser.add_argument("--model", default="dit-digits", help="zoo model name or pipeline folder")
+    parser.add_argument("--prompts", default=None, help="prompts file of a text-to-image model, prompt i = digit i")
+    parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    parser.add_argument("--quick", action="store_true", help="uniform, random search and the GA only")
+    parser.add_argument("--output", default="search_quality", help="results name in benchmarks/results")
     parser.add_argument("--heldout-per-class", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
