@@ -64,6 +64,7 @@ def nsga2_run(source: RunDir, path: Path) -> RunDir:
     budget = job.make_budget(config, PruningLibrary.load(run.library_dir))
     fitness = lambda genomes: [1 - budget.cost(g) + 0.01 * (g[0] - g[-1]) ** 2 for g in genomes]  # noqa: E731
     toolbox = make_toolbox(config.search, budget, fitness)
+
     def checkpoint(state: SearchState) -> None:
         run.write_checkpoint(state.generation, {"search": state.to_json(), "rng": capture_rng(), "worker_restarts": 0})
 
