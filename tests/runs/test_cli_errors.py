@@ -26,7 +26,8 @@ def test_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
     result = diffes("search", "--runs-dir", str(tmp_path), "--model", "nope", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "diffes: error: model='nope': choose one of dit-digits, unet-digits, t2i-digits or give a path to a diffusers pipeline"
+        "diffes: error: model='nope': choose one of dit-digits, unet-digits, t2i-digits "
+        "or give a path to a diffusers pipeline"
     )
 
 
