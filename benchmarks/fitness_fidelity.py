@@ -33,7 +33,6 @@ from diffes.fitness import (
     Metric,
     class_accuracy,
     classifier_features,
-    default_metric_name,
     frechet_distance,
     get_metric,
 )
@@ -43,6 +42,7 @@ from diffes.models.adapters import Guidance, SamplingAdapter, adapter_for
 from diffes.models.loading import fast_cpu_math, load_pipeline
 from diffes.pruning import PruningConfig, PruningLibrary, build_library
 from diffes.routing import Router
+from diffes.runs.config import default_metric
 from diffes.search.genome import Budget, Genome
 from diffes.search.operators import fill_budget, shaped_genomes
 
@@ -274,7 +274,7 @@ def analyse(rows: list[dict[str, Any]], metrics: Sequence[str], budgets: Sequenc
         "heldout_accuracy_range": [min(accuracies), max(accuracies)],
         "recommended_metric": ranked[0],
         "goal": verdicts(corr[ranked[0]], accuracies),
-        "recommendation": recommendation(corr, ranked, split, current=default_metric_name(is_zoo_model=True)),
+        "recommendation": recommendation(corr, ranked, split, current=default_metric("dit-digits", None)),
     }
 
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from diffes.fitness.classifier_metric import class_accuracy, classifier_features
     from diffes.fitness.clip_metric import clip_text_score
     from diffes.fitness.heldout import classifier_frechet_distance, frechet_distance
-    from diffes.fitness.metrics import METRICS, default_metric_name, get_metric
+    from diffes.fitness.metrics import METRICS, get_metric
 
 _EXPORTS = {
     "Metric": "base",
@@ -24,7 +24,6 @@ _EXPORTS = {
     "classifier_frechet_distance": "heldout",
     "frechet_distance": "heldout",
     "METRICS": "metrics",
-    "default_metric_name": "metrics",
     "get_metric": "metrics",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -35,7 +34,6 @@ __all__ = [
     "classifier_features",
     "classifier_frechet_distance",
     "clip_text_score",
-    "default_metric_name",
     "frechet_distance",
     "get_metric",
 ]

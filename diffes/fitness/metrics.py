@@ -14,7 +14,7 @@ from diffes.errors import ConfigError
 from diffes.fitness.base import Metric
 from diffes.fitness.pixel import MseMetric, PsnrMetric, SsimMetric
 
-__all__ = ["METRICS", "get_metric", "default_metric_name"]
+__all__ = ["METRICS", "get_metric"]
 
 Weights = str | os.PathLike[str] | None
 
@@ -76,8 +76,3 @@ def get_metric(name: str, **options: Any) -> Metric:
             takes = ", ".join(accepted) or "no options"
             raise ConfigError(f"metric option {key}", given[key], f"metric {name} takes {takes}")
     return factory(**given)
-
-
-def default_metric_name(is_zoo_model: bool) -> str:
-    """The digit classifier for zoo models (no download needed), LPIPS for everything else."""
-    return "classifier" if is_zoo_model else "lpips"

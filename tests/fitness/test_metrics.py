@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffes.errors import ConfigError
-from diffes.fitness import METRICS, Metric, class_accuracy, classifier_features, default_metric_name, get_metric
+from diffes.fitness import METRICS, Metric, class_accuracy, classifier_features, get_metric
 from diffes.fitness.pixel import PSNR_MAX_DB
 from diffes.models.data import load_digits_split
 
@@ -47,9 +47,13 @@ def test_options_are_checked_but_none_means_not_given() -> None:
         get_metric("lpips-random", weights="w.safetensors")
 
 
-def test_default_metric_name() -> None:
-    assert default_metric_name(is_zoo_model=True) == "classifier"
-    assert default_metric_name(is_zoo_model=False) == "lpips"
+def test_default_metric_follows_the_model() -> None:
+    from diffes.runs.config import default_metric
+
+    assert default_metric("dit-digits", None) == "classifier"
+    assert default_metric("t2i-digits", None) == "classifier"
+    assert default_metric("/models/sdxl", None) == "ssim"  # needs no weights
+    assert default_metric("/models/sdxl", "/weights/lpips.pth") == "lpips"
     assert {"classifier", "lpips"} <= set(METRICS)
 
 
