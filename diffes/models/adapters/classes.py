@@ -9,7 +9,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffes.errors import ConfigError
-from diffes.models.adapters.base import Cond, Guidance, SamplingAdapter, step_kwargs
+from diffes.models.adapters.base import Cond, Guidance, SamplingAdapter
 
 __all__ = ["ZooAdapter", "DiTAdapter"]
 
@@ -54,18 +54,6 @@ class ZooAdapter(_ClassAdapter):
     ) -> Any:
         scale = guidance.scale if guidance.cfg else 1.0
         return self.pipe.predict_noise(latents, t, prepared["class_labels"], scale, scheduler)
-
-    def step(
-        self,
-        scheduler: Any,
-        latents: torch.Tensor,
-        t: torch.Tensor,
-        prepared: dict[str, Any],
-        guidance: Guidance,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        noise = self.predict(scheduler, latents, t, prepared, guidance)
-        return scheduler.step(noise, t, latents, **step_kwargs(scheduler, generator)).prev_sample
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.pipe.postprocess(latents, "pt").float().cpu()
