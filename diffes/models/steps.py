@@ -13,7 +13,7 @@ import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -24,10 +24,13 @@ __all__ = [
     "find_denoiser",
     "clone_scheduler",
     "StepInfo",
+    "StepSource",
     "StepTracker",
+    "ManualSteps",
     "StepAwareHook",
     "attach_step_hook",
     "attach_hook",
+    "attach_denoiser_hook",
     "StepHookHandle",
 ]
 
@@ -60,6 +63,26 @@ class StepInfo:
     step: int
     num_steps: int
     timestep: float
+
+
+class StepSource(Protocol):
+    """Where a step-aware hook learns the step of the denoiser call being made."""
+
+    def current(self) -> StepInfo: ...
+
+
+class ManualSteps:
+    """A step source set by a caller that drives the denoiser itself (the evaluator, calibration), where no
+    pipeline scheduler is there to count steps: ``set(...)`` before each step's denoiser calls."""
+
+    def __init__(self) -> None:
+        self.info = StepInfo(0, 0, float("nan"))
+
+    def set(self, step: int, num_steps: int, timestep: float) -> None:
+        self.info = StepInfo(step, num_steps, float(timestep))
+
+    def current(self) -> StepInfo:
+        return self.info
 
 
 class StepState:
@@ -145,7 +168,7 @@ class StepTracker:
 class StepAwareHook(ModelHook):  # type: ignore[misc]
     """A denoiser hook that knows the sampling step; ``attach_hook`` gives it its tracker."""
 
-    tracker: StepTracker
+    tracker: StepSource
 
     def step_info(self) -> StepInfo:
         return self.tracker.current()
@@ -166,12 +189,13 @@ class CallbackStepHook(StepAwareHook):
 @dataclass
 class StepHookHandle:
     denoiser: torch.nn.Module
-    tracker: StepTracker
+    tracker: StepSource
     name: str
 
     def remove(self) -> None:
         HookRegistry.check_if_exists_or_initialize(self.denoiser).remove_hook(self.name, recurse=False)
-        self.tracker.release()
+        if isinstance(self.tracker, StepTracker):
+            self.tracker.release()
 
 
 def attach_step_hook(pipe: Any, on_step: Callable[[StepInfo], None], name: str) -> StepHookHandle:
@@ -182,10 +206,20 @@ def attach_step_hook(pipe: Any, on_step: Callable[[StepInfo], None], name: str) 
 def attach_hook(pipe: Any, hook: StepAwareHook, name: str) -> StepHookHandle:
     """Attach a step-aware hook to the pipeline's denoiser; ``handle.remove()`` detaches it."""
     _, denoiser = find_denoiser(pipe)
-    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-    if registry.get_hook(name) is not None:
+    _check_free(denoiser, name)
+    return attach_denoiser_hook(denoiser, hook, name, StepTracker.shared(pipe))
+
+
+def attach_denoiser_hook(
+    denoiser: torch.nn.Module, hook: StepAwareHook, name: str, steps: StepSource
+) -> StepHookHandle:
+    """Attach a step-aware hook to a bare denoiser whose steps ``steps`` tells (a caller-driven loop)."""
+    _check_free(denoiser, name)
+    hook.tracker = steps
+    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(hook, name)
+    return StepHookHandle(denoiser, steps, name)
+
+
+def _check_free(denoiser: torch.nn.Module, name: str) -> None:
+    if HookRegistry.check_if_exists_or_initialize(denoiser).get_hook(name) is not None:
         raise UnsupportedModelError(f"hook={name!r}: already attached to this pipeline; call remove() first")
-    tracker = StepTracker.shared(pipe)
-    hook.tracker = tracker
-    registry.register_hook(hook, name)
-    return StepHookHandle(denoiser, tracker, name)
