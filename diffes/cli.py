@@ -170,11 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("library")
     inspect.set_defaults(func=cmd_inspect)
 
+    from diffes.cli_cache import add_cache_commands
     from diffes.cli_report import add_report_command
     from diffes.cli_search import add_search_commands
 
     add_search_commands(sub)
     add_report_command(sub)
+    add_cache_commands(sub)
     return parser
 
 

@@ -1,9 +1,35 @@
-"""Feature caching: steps that reuse earlier denoiser outputs instead of computing them.
+"""Feature caching: steps (or spans of blocks) that reuse earlier denoiser work instead of computing it.
 
-It shares the step-aware hook runtime of ``diffes.routing`` (``diffes.models.steps``). So far: static step
-caching (``apply_step_cache``). Adaptive rules (TeaCache) and searched cache schedules (CEM) are not built yet.
+One runtime (``runtime``) attached through the step-aware hooks routing uses, so a pipeline can be routed
+and cached at once; rules (``rules``) decide which steps compute: interval (FORA), an explicit mask,
+first-block residual, TeaCache and MagCache, the last two fitted by ``calibrate`` (``diffes calibrate-cache``).
 """
 
-from diffes.caching.step_cache import CachedHandle, StepCacheConfig, StepCacheHook, StepCacheState, apply_step_cache
+from diffes._lazy import lazy_exports
 
-__all__ = ["StepCacheConfig", "StepCacheState", "StepCacheHook", "apply_step_cache", "CachedHandle"]
+_EXPORTS = {
+    "apply_cache": "runtime",
+    "attach_cache": "runtime",
+    "CacheHandle": "runtime",
+    "CacheSummary": "runtime",
+    "Reuse": "runtime",
+    "Extrapolate": "runtime",
+    "Residual": "runtime",
+    "IntervalRule": "rules",
+    "MaskRule": "rules",
+    "FirstBlockRule": "rules",
+    "TeaCacheRule": "rules",
+    "MagCacheRule": "rules",
+    "Rule": "rules",
+    "rule_from_dict": "rules",
+    "Calibration": "calibration",
+    "calibrate": "calibration",
+    "RULES": "kinds",
+    "StepCacheConfig": "step_cache",
+    "StepCacheState": "step_cache",
+    "StepCacheHook": "step_cache",
+    "apply_step_cache": "step_cache",
+    "CachedHandle": "step_cache",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

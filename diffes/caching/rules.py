@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 import torch
 
+from diffes.caching.kinds import RULES, RuleName
 from diffes.caching.runtime import Extrapolate, Residual, Reuse, Serve, Signal
 from diffes.errors import ConfigError
 from diffes.models.steps import StepInfo
@@ -38,9 +39,6 @@ __all__ = [
 ]
 
 REUSE = Reuse()  # the default serve: frozen, so one instance is shared safely
-
-RuleName = Literal["interval", "mask", "firstblock", "teacache", "magcache"]
-RULES: tuple[str, ...] = get_args(RuleName)
 
 
 def relative_l1(now: torch.Tensor, before: torch.Tensor) -> float:
