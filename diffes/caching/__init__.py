@@ -3,6 +3,8 @@
 One runtime (``runtime``) attached through the step-aware hooks routing uses, so a pipeline can be routed
 and cached at once; rules (``rules``) decide which steps compute: interval (FORA), an explicit mask,
 first-block residual, TeaCache and MagCache, the last two fitted by ``calibrate`` (``diffes calibrate-cache``).
+CEM (``error_prior``, ``cem``): an offline error prior and the DP that picks the computed steps under a budget
+of steps or MACs; its schedule runs as a mask rule.
 """
 
 from diffes._lazy import lazy_exports
@@ -25,11 +27,11 @@ _EXPORTS = {
     "Calibration": "calibration",
     "calibrate": "calibration",
     "RULES": "kinds",
-    "StepCacheConfig": "step_cache",
-    "StepCacheState": "step_cache",
-    "StepCacheHook": "step_cache",
-    "apply_step_cache": "step_cache",
-    "CachedHandle": "step_cache",
+    "CacheSchedule": "cem",
+    "plan_computed_steps": "cem",
+    "schedule_error": "cem",
+    "ErrorPrior": "error_prior",
+    "measure_error_prior": "error_prior",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

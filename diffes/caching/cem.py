@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from diffes.caching.error_prior import ErrorPrior
+from diffes.caching.rules import REUSE, MaskRule
+from diffes.caching.runtime import Serve
 from diffes.errors import ConfigError
 
 __all__ = ["CacheSchedule", "plan_computed_steps", "schedule_error"]
@@ -54,8 +56,12 @@ class CacheSchedule:
 
     @property
     def reuse_steps(self) -> frozenset[int]:
-        """The steps that skip the denoiser: what ``StepCacheConfig.of`` takes."""
+        """The steps that skip the denoiser."""
         return frozenset(i for i, c in enumerate(self.computed) if not c)
+
+    def rule(self, serve: Serve = REUSE) -> MaskRule:
+        """The mask rule that runs this schedule (skipped steps served by ``serve``)."""
+        return MaskRule(self.computed, serve)
 
     def to_dict(self) -> dict[str, Any]:
         return {"computed": [int(c) for c in self.computed], "expected_error": self.expected_error}

@@ -119,6 +119,9 @@ class MaskRule:
     def reusing(cls, steps: Any, num_steps: int, serve: Serve = REUSE) -> MaskRule:
         """The mask that skips the given steps."""
         skip = set(steps)
+        bad = sorted(s for s in skip if not isinstance(s, int) or not 0 < s < num_steps)
+        if bad:
+            raise ConfigError("reuse", bad, f"reuse steps lie in 1..{num_steps - 1}: step 0 has no earlier output")
         return cls(tuple(i not in skip for i in range(num_steps)), serve)
 
     def computes(self, step: int, num_steps: int) -> bool:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny import tiny_dit_pipeline
 
-from diffes.caching import StepCacheConfig, apply_step_cache
+from diffes.caching import apply_cache
 from diffes.caching.cem import CacheSchedule, plan_computed_steps, schedule_error
 from diffes.caching.error_prior import ErrorPrior, measure_error_prior
 from diffes.errors import CheckpointError, ConfigError
@@ -245,12 +245,12 @@ def test_a_planned_schedule_drives_the_step_cache(dit: tuple) -> None:
     adapter, cond, latents, guidance = dit
     schedule = plan_computed_steps(measure_error_prior(adapter, cond, latents, 6, guidance, max_gap=3), 3)
     assert len(schedule.computed_steps) == 3 and schedule.computed_steps[0] == 0
-    handle = apply_step_cache(adapter.pipe, StepCacheConfig.of(schedule.reuse_steps))
+    handle = apply_cache(adapter.pipe, schedule.rule())
     step, ran = [0], []
     first_layer = next(m for m in adapter.denoiser.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     first_layer.register_forward_pre_hook(lambda module, args: ran.append(step[0]))
     on_step = lambda: step.__setitem__(0, step[0] + 1)  # noqa: E731
     adapter.sample(cond, latents, 6, guidance, torch.Generator().manual_seed(1), on_step=on_step)
     assert tuple(ran) == schedule.computed_steps
-    assert (handle.state.computed, handle.state.reused) == (3, 3)  # one batched (cond + uncond) call per step
+    assert (handle.summary.computed, handle.summary.reused) == (3, 3)  # one batched (cond + uncond) call per step
     handle.remove()
