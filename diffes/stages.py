@@ -8,7 +8,7 @@ from typing import Any
 
 from diffes.errors import ConfigError
 
-__all__ = ["StageSchedule", "stage_of_timestep"]
+__all__ = ["StageSchedule", "stage_of_timestep", "stage_lengths"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,11 @@ class StageSchedule:
 def stage_of_timestep(timestep: float, edges: Sequence[float]) -> int:
     """Stage index of ``timestep`` given decreasing timestep edges from ``timestep_boundaries``."""
     return sum(1 for edge in edges if timestep < edge)
+
+
+def stage_lengths(timesteps: Sequence[float], edges: Sequence[float]) -> tuple[int, ...]:
+    """How many of ``timesteps`` fall into each stage of ``edges`` (any step count maps onto fixed stages)."""
+    counts = [0] * (len(edges) + 1)
+    for t in timesteps:
+        counts[stage_of_timestep(float(t), edges)] += 1
+    return tuple(counts)

@@ -19,6 +19,7 @@ _EXPORTS = {
     "Residual": "runtime",
     "IntervalRule": "rules",
     "MaskRule": "rules",
+    "StageIntervalRule": "rules",
     "FirstBlockRule": "rules",
     "TeaCacheRule": "rules",
     "MagCacheRule": "rules",

@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 __all__ = ["RuleName", "RULES", "CalibratedRule", "CALIBRATED"]
 
-RuleName = Literal["interval", "mask", "firstblock", "teacache", "magcache"]
+RuleName = Literal["interval", "stage_interval", "mask", "firstblock", "teacache", "magcache"]
 RULES: tuple[str, ...] = get_args(RuleName)
 
 CalibratedRule = Literal["teacache", "magcache"]

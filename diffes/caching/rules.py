@@ -2,6 +2,7 @@
 (``diffes.caching.runtime``) serves the steps a rule skips.
 
 - ``IntervalRule`` (FORA): compute every ``every``-th step.
+- ``StageIntervalRule``: per stage, compute every n-th step of the stage (the joint search's choice).
 - ``MaskRule``: an explicit 0/1 steps-computation mask (cache-dit's masks; CEM's DP produces one).
 - ``FirstBlockRule``: compute when the first ``fn`` blocks' residual changed by more than ``threshold``
   (relative L1) since the last computed step (ParaAttention / diffusers' first-block cache).
@@ -24,11 +25,13 @@ from diffes.caching.kinds import RULES, RuleName
 from diffes.caching.runtime import Extrapolate, Residual, Reuse, Serve, Signal
 from diffes.errors import ConfigError
 from diffes.models.steps import StepInfo
+from diffes.stages import stage_of_timestep
 
 __all__ = [
     "RuleName",
     "RULES",
     "IntervalRule",
+    "StageIntervalRule",
     "MaskRule",
     "FirstBlockRule",
     "TeaCacheRule",
@@ -99,6 +102,51 @@ class IntervalRule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.name, "every": self.every, "compute_last": self.compute_last} | _serve_dict(self.serve)
+
+
+@dataclass(frozen=True)
+class StageIntervalRule:
+    """Per stage, compute every ``every[stage]``-th step counted from the stage's first step (which computes:
+    a stage switch drops the cache). ``edges``: the stage edges in timestep units, as routing uses them. What
+    a joint search exports."""
+
+    name: ClassVar[RuleName] = "stage_interval"
+    signal: ClassVar[Signal] = "none"
+    every: tuple[int, ...]
+    edges: tuple[float, ...]
+    serve: Serve = REUSE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "every", tuple(int(e) for e in self.every))
+        object.__setattr__(self, "edges", tuple(float(e) for e in self.edges))
+        if len(self.edges) != len(self.every) - 1 or any(e < 1 for e in self.every):
+            raise ConfigError("cache_every", list(self.every), "give one interval >= 1 per stage")
+
+    def stage_of(self, info: StepInfo) -> int:
+        return stage_of_timestep(info.timestep, self.edges)
+
+    def policy(self) -> _StageIntervalPolicy:
+        return _StageIntervalPolicy(self)
+
+    def check_steps(self, num_steps: int) -> None:
+        pass
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.name, "every": list(self.every), "edges": list(self.edges)} | _serve_dict(self.serve)
+
+
+class _StageIntervalPolicy:
+    def __init__(self, rule: StageIntervalRule) -> None:
+        self.rule = rule
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0  # steps seen since the stage began (the runtime resets policies at stage switches)
+
+    def decide(self, info: StepInfo, signal: torch.Tensor | None, can_skip: bool) -> bool:
+        compute = self.count % self.rule.every[self.rule.stage_of(info)] == 0
+        self.count += 1
+        return compute
 
 
 @dataclass(frozen=True)
@@ -336,7 +384,7 @@ class _MagCachePolicy:
         return True
 
 
-Rule = IntervalRule | MaskRule | FirstBlockRule | TeaCacheRule | MagCacheRule
+Rule = IntervalRule | StageIntervalRule | MaskRule | FirstBlockRule | TeaCacheRule | MagCacheRule
 
 
 def rule_from_dict(d: dict[str, Any]) -> Rule:
@@ -344,6 +392,8 @@ def rule_from_dict(d: dict[str, Any]) -> Rule:
     kind = d.get("rule")
     if kind == "interval":
         return IntervalRule(int(d.get("every", 2)), serve_from_dict(d), bool(d.get("compute_last", False)))
+    if kind == "stage_interval":
+        return StageIntervalRule(tuple(d["every"]), tuple(d["edges"]), serve_from_dict(d))
     if kind == "mask":
         return MaskRule(tuple(bool(c) for c in d["computed"]), serve_from_dict(d))
     if kind == "firstblock":

@@ -87,8 +87,11 @@ class Policy(Protocol):
 
 
 class CacheRule(Protocol):
-    serve: Serve
-    signal: Signal
+    @property
+    def serve(self) -> Serve: ...
+
+    @property
+    def signal(self) -> Signal: ...
 
     def policy(self) -> Policy: ...
 
@@ -349,6 +352,13 @@ class CacheHandle:
     def reset(self) -> None:
         self.hook.state.reset()
 
+    def set_rule(self, rule: CacheRule) -> None:
+        """Swap in another step-level rule (the evaluator's per-genome caching), with fresh state."""
+        if isinstance(rule.serve, Residual) or isinstance(self.hook.rule.serve, Residual):
+            raise ValueError("set_rule swaps step-level rules only; re-attach for block-residual rules")
+        self.hook.rule = rule
+        self.hook.state = CacheState(rule.policy)
+
     def remove(self) -> None:
         for module in self.blocks:
             HookRegistry.check_if_exists_or_initialize(module).remove_hook(BLOCK_HOOK_NAME, recurse=False)
@@ -404,5 +414,7 @@ def apply_cache(pipe: Any, rule: CacheRule, routed: Any = None) -> CacheHandle:
     from diffes.models.steps import find_denoiser
 
     stage_of = None if routed is None else (lambda info: routed.schedule.stage_at(info.timestep))
+    if stage_of is None:
+        stage_of = getattr(rule, "stage_of", None)  # a rule with stages of its own drops state at their edges
     hook = CacheHook(rule, stage_of)
     return _attach(hook, find_denoiser(pipe)[1], lambda: attach_hook(pipe, hook, HOOK_NAME))

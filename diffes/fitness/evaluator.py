@@ -5,6 +5,11 @@ bounded in MB, kept across generations), so each distinct prefix is denoised onc
 an elite only recomputes from the first stage where it differs. Complete genomes are memoized.
 The arithmetic per step does not depend on what was cached, so scores equal naive evaluation bit
 for bit.
+
+A joint genome (``diffes.search.joint``) also chooses the step count and, per stage, how often to compute;
+its trajectories are keyed by step count, and cached steps run through the same cache runtime (and rule)
+that serves the exported pipeline. A stage switch drops the cache, so a stage boundary holds no cache state
+and prefix sharing stays exact.
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ from typing import Any
 
 import torch
 
+from diffes.caching.rules import StageIntervalRule
+from diffes.caching.runtime import CacheHandle, attach_cache
 from diffes.fitness.base import Metric
 from diffes.fitness.teacher import Teacher, step_generator
 from diffes.models.adapters import SamplingAdapter
-from diffes.models.steps import clone_scheduler
+from diffes.models.steps import ManualSteps, clone_scheduler
 from diffes.routing.router import Router
-from diffes.stages import StageSchedule
+from diffes.search.joint import JointBudget
+from diffes.stages import StageSchedule, stage_of_timestep
 
 __all__ = ["Evaluator", "EvaluatorStats"]
 
 Genome = tuple[int, ...]
+Plan = tuple[tuple[int, int], ...]  # per stage: (pruning level, compute every n-th step)
 
 
 @dataclass
@@ -70,6 +79,13 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
+@dataclass(frozen=True)
+class _Track:
+    timesteps: torch.Tensor
+    ranges: list[range]  # per stage, its steps
+    root: _State
+
+
 @dataclass
 class Evaluator:
     """``evaluate(genomes) -> distances`` for a pipeline (through its sampling adapter) whose denoiser ``router``
@@ -83,21 +99,40 @@ class Evaluator:
     prefix_cache_mb: float = 256.0
     share_prefixes: bool = True
     on_scored: Callable[[], None] | None = None  # progress: called after each genome is scored
+    joint: JointBudget | None = None  # the joint space; None: a genome is one level per stage
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
     _memo: dict[Genome, float] = field(default_factory=dict)
-    _cache: OrderedDict[Genome, _State] = field(default_factory=OrderedDict)
+    _cache: OrderedDict[tuple[int, Plan], _State] = field(default_factory=OrderedDict)
     _cache_bytes: int = 0
 
     def __post_init__(self) -> None:
-        probes = self.teacher.probes
-        self._prepared = self.adapter.prepare(probes.cond, self.teacher.guidance)
-        scheduler = clone_scheduler(self.adapter.pipe.scheduler)
-        self.adapter.set_timesteps(scheduler, self.stages.num_steps)
-        self.adapter.begin(scheduler)
-        self._timesteps = scheduler.timesteps.clone()
-        if len(self._timesteps) != self.stages.num_steps:
-            raise ValueError(f"scheduler gives {len(self._timesteps)} timesteps for {self.stages.num_steps} steps")
-        self._root = _State(probes.latents.to(self.adapter.device), scheduler, step_generator(probes))
+        self._prepared = self.adapter.prepare(self.teacher.probes.cond, self.teacher.guidance)
+        self._tracks: dict[int, _Track] = {}
+        own = self._track(self.stages.num_steps)
+        self._edges = tuple(self.stages.timestep_boundaries([float(t) for t in own.timesteps]))
+        self._steps = ManualSteps()
+
+    def _track(self, num_steps: int) -> _Track:
+        """The timesteps, per-stage steps and starting state of trajectories of ``num_steps`` steps."""
+        if num_steps not in self._tracks:
+            probes = self.teacher.probes
+            scheduler = clone_scheduler(self.adapter.pipe.scheduler)
+            self.adapter.set_timesteps(scheduler, num_steps)
+            self.adapter.begin(scheduler)
+            timesteps = scheduler.timesteps.clone()
+            if len(timesteps) != num_steps:
+                raise ValueError(f"scheduler gives {len(timesteps)} timesteps for {num_steps} steps")
+            if num_steps == self.stages.num_steps:
+                ranges = [self.stages.steps_of(s) for s in range(self.stages.num_stages)]
+            else:  # the stages are fixed in timestep units: other step counts fall into them by timestep
+                stage = [stage_of_timestep(float(t), self._edges) for t in timesteps]
+                ranges = [
+                    range(stage.index(s), len(stage) - stage[::-1].index(s)) if s in stage else range(0)
+                    for s in range(self.stages.num_stages)
+                ]
+            root = _State(probes.latents.to(self.adapter.device), scheduler, step_generator(probes))
+            self._tracks[num_steps] = _Track(timesteps, ranges, root)
+        return self._tracks[num_steps]
 
     def __call__(self, genomes: list[Genome]) -> list[float]:
         return self.evaluate(genomes)
@@ -120,43 +155,67 @@ class Evaluator:
     def sample(self, genome: Sequence[int]) -> torch.Tensor:
         """Final images in [0, 1] of the probes under ``genome``."""
         g = tuple(int(x) for x in genome)
-        state = self._state_after(g, len(g))
+        state = self._state_after(g, self.stages.num_stages)
         return self.adapter.decode(state.latents)
 
     def _score(self, genome: Genome) -> float:
         return float(self.metric(self.sample(genome), self.teacher.images).mean())
 
+    def _plan(self, genome: Genome) -> tuple[int, Plan]:
+        if self.joint is None:
+            return self.stages.num_steps, tuple((level, 1) for level in genome)
+        j = self.joint.decode(genome)
+        return j.steps, tuple(zip(j.levels, j.every))
+
     def _state_after(self, genome: Genome, depth: int) -> _State:
         """The state after stages ``0..depth-1`` of ``genome``, from the longest cached prefix."""
-        start, state = 0, self._root
+        num_steps, plan = self._plan(genome)
+        track = self._track(num_steps)
+        start, state = 0, track.root
         if self.share_prefixes:
             for d in range(depth, 0, -1):
-                hit = self._cache.get(genome[:d])
+                hit = self._cache.get((num_steps, plan[:d]))
                 if hit is not None:
-                    self._cache.move_to_end(genome[:d])
+                    self._cache.move_to_end((num_steps, plan[:d]))
                     start, state = d, hit
                     self.stats.prefix_hits += 1
                     break
         for stage in range(start, depth):
-            state = self._run_stage(state, stage, genome[stage])
-            if self.share_prefixes and stage + 1 < len(genome):
-                self._remember(genome[: stage + 1], state)
+            state = self._run_stage(state, track, stage, plan)
+            if self.share_prefixes and stage + 1 < len(plan):
+                self._remember((num_steps, plan[: stage + 1]), state)
         return state
 
     @torch.no_grad()
-    def _run_stage(self, state: _State, stage: int, level: int) -> _State:
+    def _run_stage(self, state: _State, track: _Track, stage: int, plan: Plan) -> _State:
+        steps = track.ranges[stage]
+        if not steps:  # this step count puts no step in the stage
+            return state
+        level, every = plan[stage]
         if self.router.current != (stage, level):
             self.stats.switches += 1
         self.router.set_level(stage, level)
         state = state.copy()  # a cached boundary state is shared by every genome with that prefix
         latents, guidance = state.latents, self.teacher.guidance
-        for step in self.stages.steps_of(stage):
-            t = self._timesteps[step]
-            latents = self.adapter.step(state.scheduler, latents, t, self._prepared, guidance, state.generator)
-            self.stats.denoiser_calls += 1
+        cache = self._cache_stage(plan) if every > 1 else None
+        try:
+            for step in steps:
+                t = track.timesteps[step]
+                self._steps.set(step, len(track.timesteps), float(t))
+                latents = self.adapter.step(state.scheduler, latents, t, self._prepared, guidance, state.generator)
+                self.stats.denoiser_calls += (step - steps.start) % every == 0
+        finally:
+            if cache is not None:
+                cache.remove()
         return _State(latents, state.scheduler, state.generator)
 
-    def _remember(self, prefix: Genome, state: _State) -> None:
+    def _cache_stage(self, plan: Plan) -> CacheHandle:
+        """The stage's caching, by the rule and runtime the exported pipeline uses, attached for this stage only
+        (it starts from an empty cache, as after a stage switch, and leaves the shared denoiser as it was)."""
+        rule = StageIntervalRule(tuple(e for _, e in plan), self._edges)
+        return attach_cache(self.adapter.denoiser, rule, self._steps, rule.stage_of)
+
+    def _remember(self, prefix: tuple[int, Plan], state: _State) -> None:
         old = self._cache.pop(prefix, None)
         self._cache_bytes += state.nbytes() - (old.nbytes() if old is not None else 0)
         self._cache[prefix] = state

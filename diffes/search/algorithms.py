@@ -17,7 +17,8 @@ from typing import Any
 from deap import base, tools
 
 from diffes.search.config import SearchConfig
-from diffes.search.genome import Budget, Genome
+from diffes.search.genome import Genome
+from diffes.search.joint import AnyBudget
 from diffes.search.operators import (
     crossover_repair,
     initial_population,
@@ -70,7 +71,9 @@ def local_map(evaluate: Evaluate, genomes: Iterable[Genome]) -> list[float]:
     return list(evaluate(list(genomes)))
 
 
-def make_toolbox(config: SearchConfig, budget: Budget, evaluate: Evaluate, map_fn: MapFn = local_map) -> base.Toolbox:
+def make_toolbox(
+    config: SearchConfig, budget: AnyBudget, evaluate: Evaluate, map_fn: MapFn = local_map
+) -> base.Toolbox:
     """Register the operators of ``config`` on a fresh toolbox; override any registration to customise."""
     toolbox = base.Toolbox()
     toolbox.register("evaluate", evaluate)
@@ -78,13 +81,7 @@ def make_toolbox(config: SearchConfig, budget: Budget, evaluate: Evaluate, map_f
     toolbox.register("cost", budget.cost)
     # A single-objective search wants every schedule on the budget edge; NSGA-II wants every cost up to it.
     pareto = config.algorithm == "nsga2"
-    toolbox.register(
-        "population",
-        spread_population if pareto else initial_population,
-        num_stages=budget.num_stages,
-        num_levels=budget.num_levels,
-        budget=budget,
-    )
+    toolbox.register("population", spread_population if pareto else initial_population, budget=budget)
     toolbox.register("mate", crossover_repair, budget=budget, fill=not pareto)
     if pareto:
         toolbox.register("mutate", mutate_front, budget=budget, moves=config.mutation_moves)
@@ -114,7 +111,7 @@ def vary(
     return children
 
 
-def init_search(config: SearchConfig, budget: Budget, toolbox: base.Toolbox) -> SearchState:
+def init_search(config: SearchConfig, budget: AnyBudget, toolbox: base.Toolbox) -> SearchState:
     """Generation 0: draw the initial population (dealt round-robin to the islands) and evaluate it."""
     if budget.fraction != config.budget:
         raise ValueError(f"Budget.fraction={budget.fraction} differs from SearchConfig.budget={config.budget}")
@@ -155,7 +152,7 @@ def next_generation(state: SearchState, toolbox: base.Toolbox) -> SearchState:
 
 def run_search(
     config: SearchConfig,
-    budget: Budget,
+    budget: AnyBudget,
     toolbox: base.Toolbox,
     state: SearchState | None = None,
     on_generation: Callable[[SearchState], None] | None = None,
@@ -268,7 +265,7 @@ def _record(
 
 def _state(
     config: SearchConfig,
-    budget: Budget,
+    budget: AnyBudget,
     gen: int,
     islands: list[list[Individual]],
     cache: dict[Genome, float],

@@ -51,6 +51,21 @@ class Budget:
         return len(self.level_costs) - 1
 
     @property
+    def upper(self) -> tuple[int, ...]:
+        """The largest value of each gene (the sparsest level, in every stage)."""
+        return (self.max_level,) * self.num_stages
+
+    def with_fraction(self, fraction: float) -> Budget:
+        return Budget(self.stage_weights, self.level_costs, fraction)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "stage_weights": list(self.stage_weights),
+            "level_costs": list(self.level_costs),
+            "fraction": self.fraction,
+        }
+
+    @property
     def cheapest(self) -> float:
         """Cost of the sparsest schedule (every stage at the maximum level)."""
         return self.cost((self.max_level,) * self.num_stages)

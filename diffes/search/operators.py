@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from diffes.search.genome import Budget, Genome
+from diffes.search.joint import AnyBudget, JointBudget
 
 __all__ = [
     "SHAPES",
@@ -29,20 +30,19 @@ def _with(genome: Genome, stage: int, level: int) -> Genome:
     return (*genome[:stage], level, *genome[stage + 1 :])
 
 
-def repair(genome: Sequence[int], budget: Budget, rng: random.Random) -> Genome:
+def repair(genome: Sequence[int], budget: AnyBudget, rng: random.Random) -> Genome:
     """Make ``genome`` feasible by sparsifying random stages one level at a time.
 
-    Always terminates: every stage at the maximum level is the cheapest schedule, and a Budget is never
-    below it.
+    Always terminates: every gene at its maximum is the cheapest schedule, and a budget is never below it.
     """
     g = tuple(int(x) for x in genome)
     while not budget.feasible(g):
-        stage = rng.choice([s for s, level in enumerate(g) if level < budget.max_level])
+        stage = rng.choice([s for s, level in enumerate(g) if level < budget.upper[s]])
         g = _with(g, stage, g[stage] + 1)
     return g
 
 
-def fill_budget(genome: Sequence[int], budget: Budget, rng: random.Random) -> Genome:
+def fill_budget(genome: Sequence[int], budget: AnyBudget, rng: random.Random) -> Genome:
     """Densify random stages one level at a time while the schedule still fits.
 
     Spending unused budget on accuracy rarely hurts, so a filled genome is usually at least as good.
@@ -57,7 +57,7 @@ def fill_budget(genome: Sequence[int], budget: Budget, rng: random.Random) -> Ge
 
 
 def mutate_transfer(
-    genome: Sequence[int], budget: Budget, rng: random.Random, moves: int = 1, fill: bool = True
+    genome: Sequence[int], budget: AnyBudget, rng: random.Random, moves: int = 1, fill: bool = True
 ) -> Genome:
     """Diff-ES level transfer, ``moves`` times: one stage gets denser, another pays for it by getting sparser.
 
@@ -76,7 +76,7 @@ def mutate_transfer(
     return fill_budget(g, budget, rng) if fill else g
 
 
-def _transfer_once(g: Genome, budget: Budget, rng: random.Random) -> Genome:
+def _transfer_once(g: Genome, budget: AnyBudget, rng: random.Random) -> Genome:
     gainers = [s for s, level in enumerate(g) if level > 0]
     rng.shuffle(gainers)
     for gainer in gainers:
@@ -84,7 +84,7 @@ def _transfer_once(g: Genome, budget: Budget, rng: random.Random) -> Genome:
         if budget.feasible(denser):
             return denser
         payers = [
-            _with(denser, s, level + 1) for s, level in enumerate(denser) if s != gainer and level < budget.max_level
+            _with(denser, s, level + 1) for s, level in enumerate(denser) if s != gainer and level < budget.upper[s]
         ]
         payers = [p for p in payers if budget.feasible(p)]
         if payers:
@@ -92,7 +92,7 @@ def _transfer_once(g: Genome, budget: Budget, rng: random.Random) -> Genome:
     return _sparser_neighbour(g, budget, rng)
 
 
-def mutate_front(genome: Sequence[int], budget: Budget, rng: random.Random, moves: int = 1) -> Genome:
+def mutate_front(genome: Sequence[int], budget: AnyBudget, rng: random.Random, moves: int = 1) -> Genome:
     """For a Pareto search: a level transfer (same cost, other shape) or one stage one level denser or sparser
     (other cost), each half the time.
 
@@ -103,12 +103,12 @@ def mutate_front(genome: Sequence[int], budget: Budget, rng: random.Random, move
         return mutate_transfer(genome, budget, rng, moves, fill=False)
     g = repair(genome, budget, rng)
     stage = rng.randrange(len(g))
-    step = rng.choice([s for s in (-1, 1) if 0 <= g[stage] + s <= budget.max_level] or [0])
+    step = rng.choice([s for s in (-1, 1) if 0 <= g[stage] + s <= budget.upper[stage]] or [0])
     return repair(_with(g, stage, g[stage] + step), budget, rng)
 
 
-def _sparser_neighbour(g: Genome, budget: Budget, rng: random.Random) -> Genome:
-    stages = [s for s, level in enumerate(g) if level < budget.max_level]
+def _sparser_neighbour(g: Genome, budget: AnyBudget, rng: random.Random) -> Genome:
+    stages = [s for s, level in enumerate(g) if level < budget.upper[s]]
     if not stages:
         return g
     stage = rng.choice(stages)
@@ -118,7 +118,7 @@ def _sparser_neighbour(g: Genome, budget: Budget, rng: random.Random) -> Genome:
 def crossover_repair(
     a: Sequence[int],
     b: Sequence[int],
-    budget: Budget,
+    budget: AnyBudget,
     rng: random.Random,
     method: str = "uniform",
     fill: bool = True,
@@ -187,8 +187,11 @@ def _fit_shape(shape: _Shape, budget: Budget) -> Genome | None:
     return max(feasible, key=lambda g: (round(budget.cost(g), 12), max(g) - min(g)))
 
 
-def shaped_genomes(budget: Budget) -> dict[str, Genome]:
-    """The named, deterministic members of the initial population (``uniform`` plus every feasible shape)."""
+def shaped_genomes(budget: AnyBudget) -> dict[str, Genome]:
+    """The named, deterministic members of the initial population: ``uniform`` plus every feasible shape, or
+    for a joint search the best pure point of each method (fewer steps, caching, pruning)."""
+    if isinstance(budget, JointBudget):
+        return budget.named_genomes()
     named = {"uniform": _uniform(budget)}
     for name, shape in SHAPES.items():
         genome = _fit_shape(shape, budget)
@@ -197,16 +200,15 @@ def shaped_genomes(budget: Budget) -> dict[str, Genome]:
     return named
 
 
-def initial_population(n: int, num_stages: int, num_levels: int, budget: Budget, rng: random.Random) -> list[Genome]:
+def _random_genome(budget: AnyBudget, rng: random.Random) -> list[int]:
+    return [rng.randrange(top + 1) for top in budget.upper]
+
+
+def initial_population(n: int, budget: AnyBudget, rng: random.Random) -> list[Genome]:
     """Exactly ``n`` feasible genomes: the uniform schedule, the named shapes, then random filled schedules.
 
     Duplicates are avoided while the feasible space allows it; a tiny space is padded with repeats.
     """
-    if (num_stages, num_levels) != (budget.num_stages, budget.num_levels):
-        raise ValueError(
-            f"population of {num_stages} stages x {num_levels} levels does not match the budget's "
-            f"{budget.num_stages} x {budget.num_levels}"
-        )
     population: list[Genome] = []
     for genome in shaped_genomes(budget).values():
         if genome not in population:
@@ -216,7 +218,7 @@ def initial_population(n: int, num_stages: int, num_levels: int, budget: Budget,
     attempts = 0
     while len(population) < n and attempts < 50 * n:
         attempts += 1
-        genome = fill_budget([rng.randrange(num_levels) for _ in range(num_stages)], budget, rng)
+        genome = fill_budget(_random_genome(budget, rng), budget, rng)
         if genome not in seen:
             seen.add(genome)
             population.append(genome)
@@ -225,20 +227,20 @@ def initial_population(n: int, num_stages: int, num_levels: int, budget: Budget,
     return population
 
 
-def spread_population(n: int, num_stages: int, num_levels: int, budget: Budget, rng: random.Random) -> list[Genome]:
+def spread_population(n: int, budget: AnyBudget, rng: random.Random) -> list[Genome]:
     """Exactly ``n`` feasible genomes: half of ``initial_population`` (on the budget edge, where the best
     schedule at the full budget is), half with costs spread evenly from the cheapest schedule up to the budget.
 
     The start of a Pareto search: ``initial_population`` alone fills every genome up to the budget, which
     leaves the cheap end of the front empty.
     """
-    population = initial_population((n + 1) // 2, num_stages, num_levels, budget, rng)
+    population = initial_population((n + 1) // 2, budget, rng)
     cheap = n - len(population)
     for i in range(cheap):
         target = budget.cheapest + (budget.fraction - budget.cheapest) * i / cheap
-        at_target = Budget(budget.stage_weights, budget.level_costs, target)
+        at_target = budget.with_fraction(target)
         for _ in range(20):  # a few draws to avoid repeats; a tiny space keeps the last one
-            genome = fill_budget([rng.randrange(num_levels) for _ in range(num_stages)], at_target, rng)
+            genome = fill_budget(_random_genome(at_target, rng), at_target, rng)
             if genome not in population:
                 break
         population.append(genome)

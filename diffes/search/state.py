@@ -17,6 +17,7 @@ from diffes.errors import CheckpointError
 from diffes.schema import NonNegative, Uint32, reading, validate
 from diffes.search.config import SearchConfig
 from diffes.search.genome import Budget, Genome
+from diffes.search.joint import AnyBudget, JointBudget
 
 __all__ = ["FORMAT", "SearchState"]
 
@@ -38,7 +39,7 @@ class SearchState:
     """
 
     config: SearchConfig
-    budget: Budget
+    budget: AnyBudget
     generation: int
     populations: tuple[tuple[Genome, ...], ...]
     cache: dict[Genome, float]
@@ -52,11 +53,7 @@ class SearchState:
         return {
             "format": FORMAT,
             "config": asdict(self.config),
-            "budget": {
-                "stage_weights": list(self.budget.stage_weights),
-                "level_costs": list(self.budget.level_costs),
-                "fraction": self.budget.fraction,
-            },
+            "budget": self.budget.to_dict(),
             "generation": self.generation,
             "populations": [[list(g) for g in island] for island in self.populations],
             "cache": [[list(g), d] for g, d in self.cache.items()],
@@ -77,7 +74,7 @@ class SearchState:
             version, internal, gauss_next = d["rng"]
             state = cls(
                 config=d["config"],
-                budget=Budget(**d["budget"]),
+                budget=_budget(d["budget"]),
                 generation=d["generation"],
                 populations=tuple(tuple(_genome(g) for g in island) for island in d["populations"]),
                 cache={_genome(g): dist for g, dist in d["cache"]},
@@ -107,10 +104,23 @@ class _BudgetJson(TypedDict):
     fraction: float
 
 
+class _JointBudgetJson(TypedDict):
+    steps_grid: list[int]
+    stage_lengths: list[list[int]]
+    level_costs: list[float]
+    max_every: int
+    reference_steps: int
+    fraction: float
+
+
+def _budget(d: dict[str, Any]) -> AnyBudget:
+    return JointBudget(**d) if "steps_grid" in d else Budget(**d)
+
+
 class _StateJson(TypedDict):
     format: str
     config: SearchConfig
-    budget: _BudgetJson
+    budget: _JointBudgetJson | _BudgetJson
     generation: NonNegative
     populations: list[list[list[int]]]
     cache: list[tuple[list[int], float]]
@@ -130,6 +140,6 @@ def _check_cached(state: SearchState) -> None:
         raise CheckpointError(f"search state genome {misfits[0]} does not fit its budget; start a new run")
 
 
-def _fits(genome: Genome, budget: Budget) -> bool:
-    levels_ok = len(genome) == budget.num_stages and all(0 <= level <= budget.max_level for level in genome)
+def _fits(genome: Genome, budget: AnyBudget) -> bool:
+    levels_ok = len(genome) == len(budget.upper) and all(0 <= x <= top for x, top in zip(genome, budget.upper))
     return levels_ok and budget.feasible(genome)

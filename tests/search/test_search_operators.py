@@ -52,7 +52,7 @@ def test_every_operator_output_is_feasible(name: str) -> None:
         mutants = [mutate_transfer(a, budget, rng, moves=m) for m in (1, 2, 3)]
         mutants += [
             mutate_front(a, budget, rng),
-            *spread_population(3, budget.num_stages, budget.num_levels, budget, rng),
+            *spread_population(3, budget, rng),
         ]
         for genome in (fixed, filled, *children, *mutants):
             assert budget.feasible(genome), (name, seed, genome)
@@ -84,9 +84,9 @@ def test_operators_are_deterministic_given_rng() -> None:
             fill_budget(genome, budget, rng),
             mutate_transfer(genome, budget, rng, moves=2),
             crossover_repair(genome, genome[::-1], budget, rng),
-            initial_population(20, 8, 5, budget, rng),
+            initial_population(20, budget, rng),
             mutate_front(genome, budget, rng),
-            spread_population(20, 8, 5, budget, rng),
+            spread_population(20, budget, rng),
         ]
 
     assert draw(3) == draw(3) and draw(3) != draw(4)
@@ -97,7 +97,7 @@ def test_operators_leave_the_global_random_module_alone() -> None:
     before = random.getstate()
     budget = BUDGETS["8x5 at 0.5"]
     rng = random.Random(0)
-    population = initial_population(16, 8, 5, budget, rng)
+    population = initial_population(16, budget, rng)
     for a, b in zip(population, population[1:]):
         mutate_transfer(a, budget, rng)
         crossover_repair(a, b, budget, rng, method="one_point")
@@ -185,10 +185,10 @@ def test_shapes_are_feasible_and_look_like_their_names() -> None:
 def test_initial_population_is_exact_feasible_unique_and_deterministic(name: str) -> None:
     budget = BUDGETS[name]
     for n in (2, 5, 16, 40):
-        population = initial_population(n, budget.num_stages, budget.num_levels, budget, random.Random(7))
+        population = initial_population(n, budget, random.Random(7))
         assert len(population) == n
         assert all(budget.feasible(g) for g in population)
-        assert population == initial_population(n, budget.num_stages, budget.num_levels, budget, random.Random(7))
+        assert population == initial_population(n, budget, random.Random(7))
         if name == "8x5 at 0.5":
             assert len(set(population)) == n
 
@@ -196,28 +196,23 @@ def test_initial_population_is_exact_feasible_unique_and_deterministic(name: str
 def test_initial_population_starts_with_the_named_shapes() -> None:
     budget = BUDGETS["8x5 at 0.5"]
     shapes = list(shaped_genomes(budget).values())
-    population = initial_population(16, 8, 5, budget, random.Random(0))
+    population = initial_population(16, budget, random.Random(0))
     assert population[: len(shapes)] == shapes
-    assert initial_population(3, 8, 5, budget, random.Random(0)) == shapes[:3]
-    assert population != initial_population(16, 8, 5, budget, random.Random(1))  # the random part follows the seed
+    assert initial_population(3, budget, random.Random(0)) == shapes[:3]
+    assert population != initial_population(16, budget, random.Random(1))  # the random part follows the seed
 
 
 def test_initial_population_pads_a_tiny_space_with_repeats() -> None:
     budget = Budget((0.5, 0.5), (1.0, 0.5), 0.5)  # only (1, 1) fits
-    assert initial_population(4, 2, 2, budget, random.Random(0)) == [(1, 1)] * 4
-
-
-def test_initial_population_checks_the_grid_against_the_budget() -> None:
-    with pytest.raises(ValueError, match="does not match"):
-        initial_population(4, 3, 5, BUDGETS["8x5 at 0.5"], random.Random(0))
+    assert initial_population(4, budget, random.Random(0)) == [(1, 1)] * 4
 
 
 def test_spread_population_covers_every_cost_up_to_the_budget() -> None:
     budget = make_budget(10, 8, 0.7)
-    costs = sorted(budget.cost(g) for g in spread_population(16, 10, 8, budget, random.Random(0)))
+    costs = sorted(budget.cost(g) for g in spread_population(16, budget, random.Random(0)))
     assert costs[0] < budget.fraction - 0.3 and costs[-1] > budget.fraction - 0.05
     assert max(b - a for a, b in zip(costs, costs[1:])) < 0.1  # no gap: every part of the cost axis is seeded
-    filled = [budget.cost(g) for g in initial_population(16, 10, 8, budget, random.Random(0))]
+    filled = [budget.cost(g) for g in initial_population(16, budget, random.Random(0))]
     assert min(filled) > budget.fraction - 0.1  # the single-objective start, for contrast
 
 
