@@ -4,7 +4,8 @@ out/
   pipeline/        the dense base pipeline, ``save_pretrained`` layout (safetensors + configs)
   library/         structure, unit order and the schedule's plans (safetensors + JSON)
   routing.json     schema, levels per stage, stage edges in timesteps, cost, hashes of the plan files, and
-                   the size and SHA-256 of every file under pipeline/
+                   the size and SHA-256 of every file under pipeline/; from a joint search also the cache
+                   rule (``cache``) and the step count it was searched at (``num_steps``)
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ def export_routed(
     schedule: RoutingSchedule,
     extra: dict[str, Any] | None = None,
     replace: bool = False,
+    cache: Any = None,
+    num_steps: int | None = None,
 ) -> Path:
     """Write a routed checkpoint; the folder appears complete or not at all (``replace``: an existing one
-    is swapped out whole)."""
+    is swapped out whole). ``cache``: a cache rule ``load_routed`` applies with the routing; ``num_steps``:
+    the step count to sample with (a joint search's choice)."""
     out = check_export_folder(folder, replace)
     _, denoiser = find_denoiser(pipe)
     if ROUTER_MARK in denoiser.__dict__:
@@ -83,6 +87,8 @@ def export_routed(
             "files": {name: _file_hash(tmp / name) for name in HASHED},
             # diffusers reads these itself; sizes are checked on every load, hashes with verify=True
             "pipeline_files": _file_records(tmp / "pipeline"),
+            **({"cache": cache.to_dict()} if cache is not None else {}),
+            **({"num_steps": num_steps} if num_steps is not None else {}),
             **(extra or {}),
         }
         write_json(tmp / "routing.json", meta)
@@ -195,6 +201,12 @@ def load_routed(
         raise CheckpointError(f"{folder / 'routing.json'}: levels: {list(schedule.levels)}: {fix}")
     handle = apply(pipe, library, schedule, mode=mode)
     pipe.__dict__["_diffes_routing"] = handle
+    if "cache" in meta:
+        from diffes.caching import apply_cache, rule_from_dict
+
+        with reading(folder / "routing.json", FIX):
+            rule = rule_from_dict(meta["cache"])
+        pipe.__dict__["_diffes_cache"] = apply_cache(pipe, rule, handle)
     return pipe
 
 
@@ -221,3 +233,5 @@ class _RoutingJson(TypedDict):
     base_config_sha256: Sha256
     files: dict[str, Sha256]
     pipeline_files: NotRequired[dict[str, _FileRecord]]
+    cache: NotRequired[dict[str, Any]]
+    num_steps: NotRequired[Annotated[int, Field(ge=1)]]

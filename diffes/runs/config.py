@@ -107,6 +107,7 @@ class FitnessConfig:
     lpips_weights: Text | None = option(None, "a full LPIPS state dict, for clusters without internet")
     clip_weights: Text | None = option(None, "a local transformers CLIP folder")
     prefix_cache_mb: Number = option(256.0, "bound of the evaluator's cache of stage-boundary states, in MB")
+    reference_steps: Int = option(50, "joint search: steps of the dense reference run the teacher samples")
 
     def __post_init__(self) -> None:
         if self.probes < 1:
@@ -116,6 +117,8 @@ class FitnessConfig:
         if self.guidance < 0 or self.guidance_rescale < 0:
             key = "guidance" if self.guidance < 0 else "guidance_rescale"
             raise ConfigError(key, getattr(self, key), "use a value >= 0")
+        if self.reference_steps < 1:
+            raise ConfigError("reference_steps", self.reference_steps, "use at least 1 sampling step")
         if self.prefix_cache_mb < 0:
             raise ConfigError("prefix_cache_mb", self.prefix_cache_mb, "use a size in MB >= 0")
 
@@ -156,6 +159,10 @@ class RunConfig:
             object.__setattr__(self, "pruning", replace(self.pruning, seed=self.search.seed, latency=True))
         elif not self.pruning.latency:  # a few seconds; the report's cost table and `cost = "latency"` need it
             object.__setattr__(self, "pruning", replace(self.pruning, latency=True))
+        if self.search.joint:
+            from diffes.search.joint import parse_steps_grid
+
+            parse_steps_grid(self.search.steps_grid, self.fitness.reference_steps)  # a bad grid fails here
         if self.fitness.metric == "classifier" and not is_zoo_name(self.model.model):
             raise ConfigError("metric", "classifier", "the digit classifier judges zoo models only; use lpips or ssim")
 
@@ -166,6 +173,11 @@ class RunConfig:
             metric: Any = default_metric(config.model.model, config.fitness.lpips_weights)
             config = replace(config, fitness=replace(config.fitness, metric=metric))
         return config
+
+    @property
+    def teacher_steps(self) -> int:
+        """The steps of the dense run the teacher samples: the run's own, or the joint search's reference."""
+        return self.fitness.reference_steps if self.search.joint else self.pruning.steps
 
     def with_generations(self, generations: int) -> RunConfig:
         return replace(self, search=replace(self.search, generations=generations))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from diffes.errors import ConfigError
-from diffes.fields import Int, Number, option
+from diffes.fields import Bool, Int, Number, Text, option
 from diffes.search.genome import Budget
 
 __all__ = ["ALGORITHMS", "Algorithm", "Cost", "SearchConfig"]
@@ -38,6 +38,9 @@ class SearchConfig:
     migration_size: Int = option(1)
     budget: Number = option(0.5, "mean cost per step as a fraction of dense (e.g. 0.5)")
     cost: Cost = option("macs", "budget measure: macs, or latency (measured per level on this device)")
+    joint: Bool = option(False, "search step count, per-stage caching and pruning together (teacher: reference_steps)")
+    steps_grid: Text = option("auto", "joint: step counts to choose, e.g. 50,25,10 (auto: 6-100% of reference_steps)")
+    cache_every: Int = option(3, "joint: largest per-stage cache interval (computes every 1..N-th step; 1: no caching)")
     seed: Int = option(0, "seed of every random draw of the run")
     hall_of_fame: Int = option(5, "best schedules kept in the hall of fame")
 
@@ -57,6 +60,7 @@ class SearchConfig:
         if self.seed >= 2**63:  # torch and numpy take seeds below 2**63
             raise ConfigError("seed", self.seed, "use a seed in [0, 2**63)")
         _check_int("hall_of_fame", self.hall_of_fame, 1)
+        _check_int("cache_every", self.cache_every, 1)
         _check_probability("cxpb", self.cxpb)
         _check_probability("mutpb", self.mutpb)
         if self.cxpb + self.mutpb > 1.0:
