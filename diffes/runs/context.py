@@ -5,18 +5,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from diffes.fitness import get_metric
 from diffes.fitness.base import Metric
 from diffes.fitness.evaluator import Evaluator
 from diffes.fitness.teacher import Teacher, make_probes
+from diffes.io import read_json, write_json
 from diffes.models.adapters import SamplingAdapter, adapter_for, calibration_runner
 from diffes.models.loading import load_pipeline
 from diffes.pruning.library import PruningLibrary, build_library
 from diffes.routing.router import Router
 from diffes.runs.config import RunConfig
 from diffes.runs.rundir import RunDir
+from diffes.search.joint import AnyBudget, JointBudget, parse_steps_grid
+from diffes.stages import stage_lengths
 
-__all__ = ["RunContext", "prepare", "local_context", "load_context", "make_metric", "load_adapter", "run_conditions"]
+__all__ = [
+    "RunContext",
+    "prepare",
+    "local_context",
+    "load_context",
+    "make_metric",
+    "load_adapter",
+    "run_conditions",
+    "make_budget",
+]
+
+JOINT_FILE = "joint.json"  # a joint search's step grid and how many of each count's steps fall in each stage
 
 
 @dataclass
@@ -69,9 +85,38 @@ def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Samp
         teacher = Teacher.load(run.teacher_file)
     else:
         probes = make_probes(adapter, conditions, config.fitness.probes, config.fitness.probe_seed, guidance, negative)
-        teacher = Teacher.compute(adapter, probes, config.pruning.steps, guidance)
+        teacher = Teacher.compute(adapter, probes, config.teacher_steps, guidance)
         teacher.save(run.teacher_file)
+    if config.search.joint and not (run.path / JOINT_FILE).exists():
+        _write_joint_space(run, config, adapter, library)
     return adapter, library, teacher
+
+
+class _JointSpace(TypedDict):
+    steps_grid: list[int]
+    stage_lengths: list[list[int]]
+    edges: list[float]
+
+
+def _write_joint_space(run: RunDir, config: RunConfig, adapter: SamplingAdapter, library: PruningLibrary) -> None:
+    """The step counts' stage lengths, from the pipeline's own timesteps, for the driver and workers alike."""
+    grid = parse_steps_grid(config.search.steps_grid, config.fitness.reference_steps)
+    edges = library.schedule.timestep_boundaries([float(t) for t in adapter.timesteps(config.pruning.steps)])
+    lengths = [list(stage_lengths([float(t) for t in adapter.timesteps(n)], edges)) for n in grid]
+    write_json(run.path / JOINT_FILE, {"steps_grid": list(grid), "stage_lengths": lengths, "edges": edges})
+
+
+def make_budget(run: RunDir, config: RunConfig, library: PruningLibrary) -> AnyBudget:
+    """The run's budget: mean relative cost per step, or for a joint search the cost relative to the reference."""
+    costs = [library.stage_cost([lv] * library.num_stages, config.search.cost) for lv in range(library.num_levels)]
+    if not config.search.joint:
+        weights = [n / library.schedule.num_steps for n in library.schedule.stage_lengths()]
+        return config.search.make_budget(weights, costs)
+    space = read_json(run.path / JOINT_FILE, _JointSpace)
+    search = config.search
+    reference = config.fitness.reference_steps
+    grid, lengths = tuple(space["steps_grid"]), tuple(tuple(r) for r in space["stage_lengths"])
+    return JointBudget(grid, lengths, tuple(costs), search.cache_every, reference, search.budget)
 
 
 def load_context(run_path: str, device: str | None = None) -> RunContext:
@@ -81,20 +126,26 @@ def load_context(run_path: str, device: str | None = None) -> RunContext:
     adapter = load_adapter(config, device)
     library = PruningLibrary.load(run.library_dir)
     teacher = Teacher.load(run.teacher_file)
-    return _context(adapter, library, teacher, make_metric(config), config)
+    return _context(adapter, library, teacher, make_metric(config), config, make_budget(run, config, library))
 
 
 def local_context(run: RunDir, config: RunConfig, progress: bool = True) -> RunContext:
     """The driver's own evaluation context (local executor)."""
     adapter, library, teacher = prepare(run, config, progress)
-    return _context(adapter, library, teacher, make_metric(config), config)
+    return _context(adapter, library, teacher, make_metric(config), config, make_budget(run, config, library))
 
 
 def _context(
-    adapter: SamplingAdapter, library: PruningLibrary, teacher: Teacher, metric: Metric, config: RunConfig
+    adapter: SamplingAdapter,
+    library: PruningLibrary,
+    teacher: Teacher,
+    metric: Metric,
+    config: RunConfig,
+    budget: AnyBudget,
 ) -> RunContext:
     router = Router(adapter.denoiser, library)
+    joint = budget if isinstance(budget, JointBudget) else None
     evaluator = Evaluator(
-        adapter, router, teacher, metric, library.schedule, prefix_cache_mb=config.fitness.prefix_cache_mb
+        adapter, router, teacher, metric, library.schedule, config.fitness.prefix_cache_mb, joint=joint
     )
     return RunContext(adapter, library, teacher, router, evaluator)
