@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.pruning.library import PruningLibrary
 from diffes.routing import RoutingSchedule, export_routed
 from diffes.routing.checkpoint import check_export_folder
-from diffes.runs.context import load_adapter
+from diffes.runs.context import load_adapter, make_budget
 from diffes.runs.rundir import RunDir
 from diffes.search import SearchState, best, pareto_front
+from diffes.search.joint import JointBudget
 
 __all__ = ["export_run", "choose_genome"]
 
@@ -40,9 +42,19 @@ def export_run(run: RunDir, out: str | os.PathLike[str] | None = None, budget: f
     library = PruningLibrary.load(run.library_dir)
     adapter = load_adapter(config)  # the dense pipeline as the run loads it (its dtype and device)
     pipe = adapter.pipe
-    schedule = RoutingSchedule.from_stages(library.schedule, adapter.timesteps(config.pruning.steps), genome)
-    extra = {"run": str(run.path), "generation": state.generation, "distance": distance, "budget_cost": cost}
-    if out is not None:
-        return export_routed(out, pipe, library, schedule, extra=extra)
+    timesteps = adapter.timesteps(config.pruning.steps)
+    space = make_budget(run, config, library)
+    extra: dict[str, Any] = {"run": str(run.path), "generation": state.generation, "distance": distance}
+    extra["budget_cost"] = cost
+    cache, num_steps = None, None
+    if isinstance(space, JointBudget):  # the step count and the stages' caching go with the levels
+        from diffes.caching import StageIntervalRule
+
+        choice = space.decode(genome)
+        genome, num_steps = choice.levels, choice.steps
+        edges = tuple(library.schedule.timestep_boundaries([float(t) for t in timesteps]))
+        cache = StageIntervalRule(choice.every, edges) if max(choice.every) > 1 else None
+    schedule = RoutingSchedule.from_stages(library.schedule, timesteps, genome)
     # the run's own export is replaced whole (a resumed run exports again)
-    return export_routed(run.export_dir, pipe, library, schedule, extra=extra, replace=True)
+    folder, replace = (out, False) if out is not None else (run.export_dir, True)
+    return export_routed(folder, pipe, library, schedule, extra, replace, cache=cache, num_steps=num_steps)
