@@ -24,7 +24,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from diffes.models.adapters import Guidance, adapter_for
     from diffes.runs.config import parse_classes, read_prompts
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ConfigError("steps", args.steps, "use at least 1 sampling step")
     if args.per_condition < 1:
         raise ConfigError("per-condition", args.per_condition, "use at least 1 sample per condition")
@@ -34,6 +34,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise ConfigError("classes", args.classes, "give classes or prompts, not both")
     conditions: list[object] = list(prompts) if prompts else list(parse_classes(args.classes or "0-9"))
     pipe = _generate_pipeline(args)
+    steps = args.steps or _default_steps(args)
     adapter = adapter_for(pipe, args.height, args.width)
     if (adapter.conditioning == "prompts") != bool(prompts):
         wanted = "prompts (--prompt or --prompts)" if adapter.conditioning == "prompts" else "classes (--classes)"
@@ -43,11 +44,24 @@ def cmd_generate(args: argparse.Namespace) -> None:
     generator = torch.Generator("cpu").manual_seed(args.seed)
     cond = adapter.encode(samples, guidance, args.negative_prompt)
     latents = adapter.initial_latents(len(samples), generator)
-    with tqdm(total=args.steps, desc="sampling", unit="step") as bar:
-        final = adapter.sample(cond, latents, args.steps, guidance, generator, on_step=lambda: bar.update(1))
+    with tqdm(total=steps, desc="sampling", unit="step") as bar:
+        final = adapter.sample(cond, latents, steps, guidance, generator, on_step=lambda: bar.update(1))
     images = adapter.decode(final)
     path = save_grid(images, args.output, rows=len(conditions))
-    print(f"wrote {path} ({len(samples)} samples, {args.steps} steps)")
+    print(f"wrote {path} ({len(samples)} samples, {steps} steps)")
+    cache = pipe.__dict__.get("_diffes_cache")  # type: ignore[attr-defined]
+    if cache is not None:
+        s = cache.summary
+        print(f"cache: {s.computed} of {steps} steps computed, {s.reused + s.extrapolated + s.residual} reused")
+
+
+def _default_steps(args: argparse.Namespace) -> int:
+    """A routed checkpoint's own step count (a joint search chose it), else 50."""
+    if args.routed:
+        from diffes.routing.checkpoint import read_routing
+
+        return int(read_routing(Path(args.routed)).get("num_steps", 50))
+    return 50
 
 
 def _generate_pipeline(args: argparse.Namespace) -> object:
@@ -135,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="per_condition",
         help="samples per class or prompt (one grid row each)",
     )
-    gen.add_argument("--steps", type=int, default=50, help="sampling steps")
+    gen.add_argument("--steps", type=int, default=None, help="sampling steps (default: a routed checkpoint's, else 50)")
     gen.add_argument("--guidance", type=float, default=2.0, help="guidance scale")
     gen.add_argument("--guidance-kind", default="cfg", choices=("cfg", "distilled", "none"), help="guidance kind")
     gen.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale (SD/SDXL)")
