@@ -1,4 +1,13 @@
-"""Calibration data: the dense model's own denoiser calls along its sampling trajectory, per stage."""
+"""Calibration: the dense model's own denoiser calls along its sampling trajectory, reduced per stage to what a
+library needs as the calls happen.
+
+``calibrate`` streams: while the dense ``pipe(...)`` run makes its denoiser calls, each call adds to its
+stage's sums (consumer Gram matrices, Taylor importance, block changes) and is then forgotten; when the
+trajectory enters the next stage, the finished stage's sums become its scores and Grams. Only the first call's
+inputs are kept (the example that traces the model and counts its cost), so memory does not grow with the
+number of steps, samples or prompt tokens. ``record_calls`` keeps every call's inputs instead: for tests and
+probes, not for libraries.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +19,28 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from tqdm.auto import tqdm
 
 from diffes.errors import UnsupportedModelError
-from diffes.models.steps import StepAwareHook, attach_hook
+from diffes.models.steps import StepAwareHook, attach_hook, find_denoiser
+from diffes.pruning.config import PruningConfig
+from diffes.pruning.graph import PrunableStructure, trace_structure
+from diffes.pruning.importance import BlockChanges, TaylorScores, width_scores
 from diffes.pruning.layers import layer_spec
 from diffes.stages import StageSchedule
 
-__all__ = ["Call", "CalibrationSet", "record_calls", "map_tensors", "first_tensor", "collect_grams", "single_sample"]
+__all__ = [
+    "Call",
+    "Calibration",
+    "calibrate",
+    "CalibrationSet",
+    "record_calls",
+    "run_call",
+    "map_tensors",
+    "first_tensor",
+    "single_sample",
+    "GramSums",
+]
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -52,9 +76,16 @@ def single_sample(call: Call) -> Call:
     return map_tensors(args, cut), map_tensors(kwargs, cut)
 
 
+def run_call(model: nn.Module, call: Call) -> torch.Tensor:
+    """``model``'s sample output for a recorded call."""
+    args, kwargs = call
+    return first_tensor(model(*args, **kwargs))
+
+
 @dataclass
 class CalibrationSet:
-    """Recorded denoiser calls (inputs only), grouped by the stage whose step made them."""
+    """Recorded denoiser calls (inputs only), grouped by the stage whose step made them: every call is kept, so
+    this is for tests and probe inputs; libraries calibrate with ``calibrate``, which streams."""
 
     schedule: StageSchedule
     calls: list[list[Call]] = field(default_factory=list)
@@ -63,21 +94,7 @@ class CalibrationSet:
         return next(c for stage in self.calls for c in stage)
 
     def run(self, model: nn.Module, call: Call) -> torch.Tensor:
-        args, kwargs = call
-        return first_tensor(model(*args, **kwargs))
-
-    def replay(self, model: nn.Module, stage: int, hooks: list[Callable[[], RemovableHandle]]) -> None:
-        """Run every recorded call of ``stage`` through ``model`` with ``hooks`` registered (each a callable that
-        registers one hook), and remove them afterwards, also when registering or a call fails."""
-        handles = []
-        try:
-            for register in hooks:
-                handles.append(register())
-            for call in self.calls[stage]:
-                self.run(model, call)
-        finally:
-            for h in handles:
-                h.remove()
+        return run_call(model, call)
 
 
 class _RecordCalls(StepAwareHook):
@@ -117,23 +134,179 @@ def _patches(module: Any, x: torch.Tensor) -> torch.Tensor:
     return rows(module, x)
 
 
-@torch.no_grad()
-def collect_grams(model: nn.Module, calib: CalibrationSet, consumers: list[str], stage: int) -> dict[str, torch.Tensor]:
-    """Per consumer, the mean of [x, 1][x, 1]^T over the stage's calls (float64, bias row last)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+class GramSums:
+    """Per consumer, the sum of [x, 1][x, 1]^T over the rows of the calls made while ``on`` (float64 from any
+    input dtype: a float16 input's squares and sums never overflow). ``hooks()`` registers one forward pre-hook
+    per consumer; ``result()`` is the mean over rows, on the CPU, and starts the next stage's sums."""
 
-    def hook_for(name: str) -> Callable[..., None]:
+    def __init__(self, model: nn.Module, consumers: list[str]) -> None:
+        self.model, self.consumers = model, consumers
+        self.on = False
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def hooks(self) -> list[Callable[[], RemovableHandle]]:
+        return [partial(self.model.get_submodule(n).register_forward_pre_hook, self._hook(n)) for n in self.consumers]
+
+    def _hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            rows = _patches(module, inputs[0]).double()
-            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)], 1)
-            gram = rows.T @ rows
-            sums[name] = sums[name] + gram if name in sums else gram
-            counts[name] = counts.get(name, 0) + rows.shape[0]
+            if self.on:
+                self.add(name, _patches(module, inputs[0]))
 
         return hook
 
-    calib.replay(
-        model, stage, [partial(model.get_submodule(n).register_forward_pre_hook, hook_for(n)) for n in consumers]
-    )
-    return {n: (sums[n] / counts[n]).cpu() for n in consumers}
+    def add(self, name: str, rows: torch.Tensor) -> None:
+        rows = rows.double()
+        rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)], 1)
+        gram = rows.T @ rows
+        self.sums[name] = self.sums[name] + gram if name in self.sums else gram
+        self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
+
+    def result(self) -> dict[str, torch.Tensor]:
+        means = {n: (self.sums[n] / self.counts[n]).cpu() for n in self.consumers}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+@dataclass
+class Calibration:
+    """What a library keeps of the dense trajectory: per stage, unit scores (width), block scores (depth) and,
+    with compensation, float32 consumer Grams; the traced structure; the first call, as the example."""
+
+    structure: PrunableStructure
+    tp_groups: dict[str, Any]
+    example: Call
+    scores: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    depth: list[torch.Tensor] = field(default_factory=list)
+    grams: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+class _Stream(StepAwareHook):
+    """The denoiser hook of ``calibrate``: adds each dense call to its stage's sums as the call happens."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: StageSchedule,
+        config: PruningConfig,
+        generator: torch.Generator,
+        progress: Any,
+    ) -> None:
+        super().__init__()
+        self.model, self.schedule, self.config = model, schedule, config
+        self.generator, self.progress = generator, progress
+        self.busy = False  # a call calibration makes itself (tracing, Taylor's forward) passes through
+        self.stage, self.calls = -1, 0
+        self.seen: set[int] = set()
+        self.result: Calibration | None = None
+        self.grams: GramSums | None = None
+        self.blocks: BlockChanges | None = None
+        self.taylor: TaylorScores | None = None
+        self.handles: list[RemovableHandle] = []
+
+    def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict]:
+        if self.busy:
+            return args, kwargs
+        step = self.step_info().step
+        if step >= self.schedule.num_steps:
+            return args, kwargs
+        stage = self.schedule.stage_of(step)
+        self.busy = True
+        try:
+            if self.result is None:
+                self._start((args, kwargs))
+            if stage != self.stage:
+                self._enter(stage)
+            if self.taylor is not None:
+                self.taylor.add(lambda: first_tensor(self.model(*args, **kwargs)))
+        finally:
+            self.busy = False
+        self.calls += 1
+        self._listen(True)  # the dense call itself feeds the Grams and block changes
+        return args, kwargs
+
+    def post_forward(self, module: nn.Module, output: Any) -> Any:
+        self._listen(False)
+        return output
+
+    def _listen(self, on: bool) -> None:
+        for acc in (self.grams, self.blocks):
+            if acc is not None:
+                acc.on = on
+
+    def _start(self, call: Call) -> None:
+        """First call: trace the structure on it, keep it as the example, register the accumulators' hooks."""
+        config, model = self.config, self.model
+        structure, tp_groups = trace_structure(model, lambda m: run_call(m, call), depth=config.axis == "depth")
+        example = map_tensors(call, lambda t: t.detach().clone())
+        self.result = Calibration(structure, tp_groups, example)
+        hooks = []
+        if config.compensate or config.importance == "activation":
+            self.grams = GramSums(model, sorted({g.consumer for g in structure.groups}))
+            hooks += self.grams.hooks()
+        if structure.blocks:
+            self.blocks = BlockChanges(model, structure.blocks)
+            hooks += self.blocks.hooks()
+        if config.importance == "taylor":
+            self.taylor = TaylorScores(model, structure.groups, tp_groups, self.generator)
+        for register in hooks:
+            self.handles.append(register())
+
+    def _enter(self, stage: int) -> None:
+        if self.seen and stage < max(self.seen):
+            raise RuntimeError(
+                f"calibration: stage {stage} came after stage {max(self.seen)}; the calibration run must be one "
+                f"trajectory (one pipe(...) call over a batch of samples), so that each stage's sums finish in turn"
+            )
+        self.finish()
+        self.stage = stage
+        self.seen.add(stage)
+
+    def finish(self) -> None:
+        """Turn the sums of the stage just finished into its scores, block scores and Grams."""
+        if self.stage < 0:
+            return
+        result, config = self.result, self.config
+        assert result is not None
+        grams = self.grams.result() if self.grams is not None else None
+        groups = result.structure.groups
+        result.scores.append(width_scores(config.importance, self.model, groups, result.tp_groups, grams, self.taylor))
+        if self.blocks is not None:
+            result.depth.append(self.blocks.result(self.calls))
+        if config.compensate and grams is not None:
+            # kept (and saved) in float32: a library read back from disk then compensates identically
+            result.grams.append({name: g.float() for name, g in grams.items()})
+        self.calls, self.stage = 0, -1
+        self.progress.update(1)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def calibrate(
+    pipe: Any,
+    schedule: StageSchedule,
+    run: Callable[[Any, int], Any],
+    config: PruningConfig,
+    progress: bool = True,
+) -> Calibration:
+    """Run ``run(pipe, num_steps)`` (an ordinary dense ``pipe(...)`` call over one trajectory) once, streaming
+    every denoiser call into its stage's statistics; the structure is traced on the first call."""
+    _, model = find_denoiser(pipe)
+    bar = tqdm(total=schedule.num_stages, desc="calibrating stages", disable=not progress)
+    stream = _Stream(model, schedule, config, torch.Generator().manual_seed(config.seed), bar)
+    handle = attach_hook(pipe, stream, "diffes-calibration")
+    try:
+        with torch.no_grad():
+            run(pipe, schedule.num_steps)
+        stream.finish()
+    finally:
+        handle.remove()
+        stream.close()
+        bar.close()
+    empty = sorted(set(range(schedule.num_stages)) - stream.seen)
+    if empty or stream.result is None:
+        raise RuntimeError(f"calibration saw no denoiser call for stages {empty}; the run stopped early")
+    return stream.result

@@ -3,8 +3,8 @@
 Magnitude and Taylor are torch-pruning's group importances over the coupled tensors; diffes sums
 them over the channels of a unit (a head, a GroupNorm group). Taylor uses seeded random output
 probes u: |w * d(u . f(x))/dw| estimates how far the denoiser output moves when a unit is removed,
-averaged over the stage's recorded calls. Activation (Wanda-like) is the consumer's output energy
-per input channel, ||W[:, j]||^2 * E[x_j^2], read off the calibration Gram.
+summed over the stage's calls as calibration streams them. Activation (Wanda-like) is the consumer's output
+energy per input channel, ||W[:, j]||^2 * E[x_j^2], read off the calibration Gram.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from diffes.errors import ConfigError
-from diffes.pruning.calibration import CalibrationSet
+from diffes.errors import ConfigError, UnsupportedModelError
 from diffes.pruning.graph import UnitGroup
 from diffes.pruning.layers import BlockSpec, block_spec
 
-__all__ = ["IMPORTANCE", "unit_scores", "magnitude_scores", "taylor_scores", "activation_scores", "block_scores"]
+__all__ = ["IMPORTANCE", "width_scores", "magnitude_scores", "TaylorScores", "activation_scores", "BlockChanges"]
 
 IMPORTANCE = ("magnitude", "taylor", "activation")
 
@@ -31,39 +31,58 @@ def _per_unit(root_scores: torch.Tensor, group: UnitGroup) -> torch.Tensor:
     return root_scores.double().reshape(group.num_units, group.unit_size).sum(1).cpu()
 
 
+def _score(imp: Any, tp_group: Any, group: UnitGroup) -> torch.Tensor:
+    return _per_unit(imp(tp_group), group)
+
+
 def magnitude_scores(groups: list[UnitGroup], tp_groups: dict[str, Any]) -> dict[str, torch.Tensor]:
     imp = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="sum", normalizer=None)
-    return {g.name: _per_unit(imp(tp_groups[g.name]), g) for g in groups}
+    return {g.name: _score(imp, tp_groups[g.name], g) for g in groups}
 
 
-def taylor_scores(
-    model: nn.Module,
-    groups: list[UnitGroup],
-    tp_groups: dict[str, Any],
-    calib: CalibrationSet,
-    stage: int,
-    generator: torch.Generator,
-) -> dict[str, torch.Tensor]:
-    imp = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
-    totals = {g.name: torch.zeros(g.num_units, dtype=torch.float64) for g in groups}
-    params = [p for p in model.parameters()]
-    was = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        for call in calib.calls[stage]:
-            model.zero_grad(set_to_none=False)
+class TaylorScores:
+    """Taylor importance summed over calls, one call at a time (``add``), as calibration streams them."""
+
+    def __init__(
+        self, model: nn.Module, groups: list[UnitGroup], tp_groups: dict[str, Any], generator: torch.Generator
+    ) -> None:
+        self.model, self.groups, self.tp_groups, self.generator = model, groups, tp_groups, generator
+        self.imp = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+        self.reset()
+
+    def reset(self) -> None:
+        self.totals = {g.name: torch.zeros(g.num_units, dtype=torch.float64) for g in self.groups}
+
+    def add(self, forward: Callable[[], torch.Tensor]) -> None:
+        """Score one call: ``forward()`` runs the model on it and returns its output."""
+        params = list(self.model.parameters())
+        was = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            self.model.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                out = calib.run(model, call)
-                probe = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
+                out = forward()
+                probe = torch.randn(out.shape, generator=self.generator).to(out.device, out.dtype)
                 (out * probe).sum().backward()
-            for g in groups:
-                totals[g.name] += _per_unit(imp(tp_groups[g.name]), g)
-    finally:
-        model.zero_grad(set_to_none=True)
-        for p, w in zip(params, was):
-            p.requires_grad_(w)
-    return totals
+            for g in self.groups:
+                self.totals[g.name] += _score(self.imp, self.tp_groups[g.name], g)
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            for p, w in zip(params, was):
+                p.requires_grad_(w)
+
+    def result(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The stage's totals (and a fresh start for the next stage)."""
+        totals = self.totals
+        bad = [name for name, t in totals.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise UnsupportedModelError(
+                f"importance=taylor: gradients of the {dtype} model overflow in {bad[0]}; "
+                f"calibrate in bfloat16 or float32, or use importance=magnitude"
+            )
+        self.reset()
+        return totals
 
 
 def activation_scores(
@@ -89,42 +108,52 @@ def _change(streams_in: list[Any], streams_out: list[Any]) -> float:
     return (moved / max(size, 1e-24)) ** 0.5
 
 
-@torch.no_grad()
-def block_scores(model: nn.Module, blocks: list[str], calib: CalibrationSet, stage: int) -> torch.Tensor:
-    """Per droppable block, the mean relative change it makes to the streams it updates during the stage
-    (the hidden states; for SD3 / Flux blocks also the text stream): what skipping it would undo."""
-    change = torch.zeros(len(blocks), dtype=torch.float64)
+class BlockChanges:
+    """Per droppable block, the relative change it makes to the streams it updates (the hidden states; for SD3
+    / Flux blocks also the text stream), summed over the calls made while ``on``: what skipping it would
+    undo. ``hooks()`` registers one forward hook per block; ``result(calls)`` is the stage's mean."""
 
-    def hook_for(i: int, spec: BlockSpec) -> Callable[..., None]:
+    def __init__(self, model: nn.Module, blocks: list[str]) -> None:
+        self.model, self.blocks = model, blocks
+        self.on = False
+        self.change = torch.zeros(len(blocks), dtype=torch.float64)
+
+    def hooks(self) -> list[Callable[[], RemovableHandle]]:
+        hooks: list[Callable[[], RemovableHandle]] = []
+        for i, name in enumerate(self.blocks):
+            module = self.model.get_submodule(name)
+            spec = block_spec(module)
+            assert spec is not None, f"{name} is not a known block type"
+            hooks.append(partial(module.register_forward_hook, self._hook(i, spec), with_kwargs=True))
+        return hooks
+
+    def _hook(self, i: int, spec: BlockSpec) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            change[i] += _change(spec.inputs(module, args, kwargs), spec.outputs(output))
+            if self.on:
+                self.change[i] += _change(spec.inputs(module, args, kwargs), spec.outputs(output))
 
         return hook
 
-    hooks: list[Callable[[], Any]] = []
-    for i, name in enumerate(blocks):
-        module = model.get_submodule(name)
-        spec = block_spec(module)
-        assert spec is not None, f"{name} is not a known block type"
-        hooks.append(partial(module.register_forward_hook, hook_for(i, spec), with_kwargs=True))
-    calib.replay(model, stage, hooks)
-    return change / max(1, len(calib.calls[stage]))
+    def result(self, calls: int) -> torch.Tensor:
+        mean = self.change / max(1, calls)
+        self.change = torch.zeros(len(self.blocks), dtype=torch.float64)
+        return mean
 
 
-def unit_scores(
+def width_scores(
     criterion: str,
     model: nn.Module,
     groups: list[UnitGroup],
     tp_groups: dict[str, Any],
-    calib: CalibrationSet,
     grams: dict[str, torch.Tensor] | None,
-    stage: int,
-    generator: torch.Generator,
+    taylor: TaylorScores | None,
 ) -> dict[str, torch.Tensor]:
+    """A stage's unit scores, once its calls have been streamed (``taylor`` holds their Taylor totals)."""
     if criterion == "magnitude":
         return magnitude_scores(groups, tp_groups)
     if criterion == "taylor":
-        return taylor_scores(model, groups, tp_groups, calib, stage, generator)
+        assert taylor is not None
+        return taylor.result(next(model.parameters()).dtype)
     if criterion == "activation":
         assert grams is not None
         return activation_scores(model, groups, grams)

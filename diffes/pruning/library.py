@@ -12,18 +12,16 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field, with_config
 from torch import nn
-from tqdm.auto import tqdm
 from typing_extensions import TypedDict
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
 from diffes.models.steps import find_denoiser
-from diffes.pruning.calibration import CalibrationSet, collect_grams, record_calls, single_sample
+from diffes.pruning.calibration import Call, calibrate, run_call, single_sample
 from diffes.pruning.compensation import compensate
 from diffes.pruning.config import PruningConfig
 from diffes.pruning.cost import count_macs, count_params, measure_latency
-from diffes.pruning.graph import PrunableStructure, trace_structure
-from diffes.pruning.importance import block_scores, unit_scores
+from diffes.pruning.graph import PrunableStructure
 from diffes.pruning.plan import ModelShapes, PrunePlan, kept_channels, make_plan, prune_copy
 from diffes.schema import RECORD, NonNegative, reading, validate
 from diffes.stages import StageSchedule
@@ -277,49 +275,34 @@ def build_library(
     run: Callable[[Any, int], Any] | None = None,
     progress: bool = True,
 ) -> PruningLibrary:
-    """Calibrate on the dense trajectory of ``pipe`` and score every unit for every stage."""
+    """Calibrate on the dense trajectory of ``pipe`` and score every unit for every stage (streamed: no call's
+    inputs are kept but the first)."""
     schedule = StageSchedule.uniform(config.steps, config.stages)
     _, model = find_denoiser(pipe)
-    calib = record_calls(pipe, schedule, run or zoo_runner(config))
-    example = calib.example()
-    structure, tp_groups = trace_structure(model, lambda m: calib.run(m, example), depth=config.axis == "depth")
-    consumer_names = sorted({g.consumer for g in structure.groups})
-    need_grams = config.compensate or config.importance == "activation"
-    generator = torch.Generator().manual_seed(config.seed)
-    scores, depth, grams = [], [], []
-    for stage in tqdm(range(schedule.num_stages), desc="calibrating stages", disable=not progress):
-        stage_grams = collect_grams(model, calib, consumer_names, stage) if need_grams else None
-        scores.append(
-            unit_scores(config.importance, model, structure.groups, tp_groups, calib, stage_grams, stage, generator)
-        )
-        if structure.blocks:
-            depth.append(block_scores(model, structure.blocks, calib, stage))
-        if config.compensate and stage_grams is not None:
-            # kept (and saved) in float32: a library read back from disk then compensates identically
-            grams.append({name: g.float() for name, g in stage_grams.items()})
+    calib = calibrate(pipe, schedule, run or zoo_runner(config), config, progress)
+    structure, example = calib.structure, calib.example
     consumers = {}
-    for name in consumer_names:
+    for name in sorted({g.consumer for g in structure.groups}):
         module: Any = model.get_submodule(name)
         consumers[f"{name}.weight"] = module.weight.detach().clone().cpu()
         if getattr(module, "bias", None) is not None:
             consumers[f"{name}.bias"] = module.bias.detach().clone().cpu()
-    library = PruningLibrary(
-        config, structure, schedule, ModelShapes.of(model, structure), scores, depth, grams, consumers
-    )
-    library.costs = level_costs(model, library, calib)
+    shapes = ModelShapes.of(model, structure)
+    library = PruningLibrary(config, structure, schedule, shapes, calib.scores, calib.depth, calib.grams, consumers)
+    library.costs = level_costs(model, library, example)
     if config.latency:
-        library.measure_latency(model, lambda m: calib.run(m, example))
+        library.measure_latency(model, lambda m: run_call(m, example))
     return library
 
 
-def level_costs(model: nn.Module, library: PruningLibrary, calib: CalibrationSet) -> list[LevelCost]:
+def level_costs(model: nn.Module, library: PruningLibrary, example: Call) -> list[LevelCost]:
     """MACs and parameters of each level, counted on the torch-pruning-pruned copy (one sample, one call)."""
-    call = single_sample(calib.example())
+    call = single_sample(example)
     costs = []
     for level, fraction in enumerate(library.config.levels):
         plan = library.shape_plan(level)
         pruned = prune_copy(model, library.structure, plan) if not plan.is_dense else model
-        costs.append(LevelCost(float(fraction), count_macs(pruned, lambda m: calib.run(m, call)), count_params(pruned)))
+        costs.append(LevelCost(float(fraction), count_macs(pruned, lambda m: run_call(m, call)), count_params(pruned)))
     return costs
 
 

@@ -1,44 +1,122 @@
+"""Calibration streams: each dense call adds to its stage's sums and is forgotten."""
+
 from __future__ import annotations
 
-from functools import partial
+import gc
+from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from diffusers.hooks import HookRegistry
+from tiny_denoisers import DENOISERS, Rig
 
-from diffes.pruning.calibration import CalibrationSet
+from diffes.pruning import PruningConfig
+from diffes.pruning.calibration import calibrate, record_calls, run_call
 from diffes.stages import StageSchedule
 
-
-class Boom(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            raise RuntimeError("boom")
-        return x
+SCHEDULE = StageSchedule.uniform(4, 2)
 
 
-def _calib(*inputs: torch.Tensor) -> CalibrationSet:
-    return CalibrationSet(StageSchedule(2, (0,)), [[((x,), {}) for x in inputs]])
+def _rig(calls_per_step: int = 2) -> Rig:
+    build, make_call = DENOISERS["dit"]
+    return Rig(build(), make_call, calls_per_step=calls_per_step)
 
 
-def test_replay_runs_every_call_with_its_hooks_then_removes_them() -> None:
-    model, seen = Boom(), []
-    hook = partial(model.register_forward_pre_hook, lambda m, args: seen.append(args[0].clone()))
-    _calib(torch.zeros(2), -torch.ones(2)).replay(model, 0, [hook])
-    assert [x.tolist() for x in seen] == [[0.0, 0.0], [-1.0, -1.0]]
-    assert not model._forward_pre_hooks
+def _config(**options: Any) -> PruningConfig:
+    return PruningConfig(stages=SCHEDULE.num_stages, steps=SCHEDULE.num_steps, levels=(0, 0.5), **options)
 
 
-def test_replay_removes_hooks_when_a_call_or_a_registration_fails() -> None:
-    model = Boom()
-    hook = partial(model.register_forward_pre_hook, lambda m, args: None)
-    with pytest.raises(RuntimeError, match="boom"):
-        _calib(torch.zeros(2), torch.ones(2)).replay(model, 0, [hook])
-    assert not model._forward_pre_hooks
+@torch.no_grad()
+def _grams_of(model: torch.nn.Module, consumers: list[str], calls: list[Any]) -> dict[str, torch.Tensor]:
+    """The mean [x, 1][x, 1]^T of each (Linear) consumer over ``calls``, summed call by call in float64."""
+    sums: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
 
-    def broken() -> None:
-        raise KeyError("no such module")
+    def keep(name: str) -> Any:
+        def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+            rows[name] = rows.get(name, 0) + x.shape[0]
 
-    with pytest.raises(KeyError):
-        _calib(torch.zeros(2)).replay(model, 0, [hook, broken])  # type: ignore[list-item]
-    assert not model._forward_pre_hooks
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(keep(n)) for n in consumers]
+    for call in calls:
+        run_call(model, call)
+    for h in handles:
+        h.remove()
+    return {n: sums[n] / rows[n] for n in consumers}
+
+
+def test_streamed_grams_equal_the_grams_of_every_recorded_input() -> None:
+    """Streaming changes where the sums happen, not their order: equal bit for bit to sums over kept inputs."""
+    rig = _rig()
+    calib = calibrate(rig, SCHEDULE, rig.run, _config(importance="magnitude"), progress=False)
+    recorded = record_calls(rig, SCHEDULE, rig.run)
+    consumers = sorted({g.consumer for g in calib.structure.groups})
+    for stage in range(SCHEDULE.num_stages):
+        assert len(recorded.calls[stage]) == 4
+        reference = _grams_of(rig.denoiser, consumers, recorded.calls[stage])
+        for n in consumers:
+            assert torch.equal(calib.grams[stage][n], reference[n].float()), f"stage {stage} {n}"
+
+
+def _live_latents() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.shape == (2, 4, 8, 8))
+
+
+def test_calibration_keeps_no_call_inputs() -> None:
+    """Memory does not grow with the calls: after the run only the example's inputs are alive (a recorder that
+    keeps every call holds all 8), whatever the importance."""
+    rig = _rig()
+    before = _live_latents()
+    recorded = record_calls(rig, SCHEDULE, rig.run)
+    assert _live_latents() == before + 8
+    del recorded
+    calib = calibrate(rig, SCHEDULE, rig.run, _config(importance="taylor", axis="depth"), progress=False)
+    assert _live_latents() == before + 1 and calib.example[0][0].shape == (2, 4, 8, 8)
+    assert len(calib.scores) == len(calib.depth) == len(calib.grams) == SCHEDULE.num_stages
+
+
+def _hooks_left(model: torch.nn.Module) -> list[str]:
+    left = [n for n, m in model.named_modules() if m._forward_pre_hooks or m._forward_hooks]
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    return left + [n for n in ("diffes-calibration",) if registry.get_hook(n) is not None]
+
+
+def test_a_failed_run_leaves_no_hook_and_no_gradient_behind() -> None:
+    rig = _rig()
+    rig.denoiser.requires_grad_(False)
+    rig.denoiser.get_submodule("proj_out_2").requires_grad_(True)
+    wanted = [p.requires_grad for p in rig.denoiser.parameters()]
+    steps = 0
+
+    def failing(pipe: Rig, num_steps: int) -> None:
+        def step() -> None:
+            nonlocal steps
+            steps += 1
+            if steps == 3:
+                raise RuntimeError("stopped")
+
+        rig.scheduler.step = step  # type: ignore[method-assign]
+        rig.run(pipe, num_steps)
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        calibrate(rig, SCHEDULE, failing, _config(axis="depth", importance="taylor"), progress=False)
+    assert not _hooks_left(rig.denoiser)
+    assert all(p.grad is None for p in rig.denoiser.parameters())
+    assert [p.requires_grad for p in rig.denoiser.parameters()] == wanted
+
+
+def test_a_run_that_comes_back_to_a_stage_is_refused() -> None:
+    rig = _rig(calls_per_step=1)
+
+    def twice(pipe: Rig, num_steps: int) -> None:
+        rig.run(pipe, num_steps)
+        rig.run(pipe, num_steps)
+
+    with pytest.raises(RuntimeError, match="stage 0 came after stage 1"):
+        calibrate(rig, SCHEDULE, twice, _config(), progress=False)
+    assert not _hooks_left(rig.denoiser)
