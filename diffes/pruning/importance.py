@@ -4,12 +4,14 @@ Magnitude and Taylor are torch-pruning's group importances over the coupled tens
 them over the channels of a unit (a head, a GroupNorm group). Taylor uses seeded random output
 probes u: |w * d(u . f(x))/dw| estimates how far the denoiser output moves when a unit is removed,
 summed over the stage's calls as calibration streams them. Activation (Wanda-like) is the consumer's output
-energy per input channel, ||W[:, j]||^2 * E[x_j^2], read off the calibration Gram.
+energy per input channel, ||W[:, j]||^2 * E[x_j^2], read off the calibration Gram. A float16 / bfloat16 model
+runs its own forward and backward; the products and sums that score it are formed in float32 or wider.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -31,8 +33,32 @@ def _per_unit(root_scores: torch.Tensor, group: UnitGroup) -> torch.Tensor:
     return root_scores.double().reshape(group.num_units, group.unit_size).sum(1).cpu()
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+@contextmanager
+def _in_float32(tp_group: Any) -> Iterator[None]:
+    """The group's half-precision weights and gradients read as float32 while torch-pruning's criteria score
+    them: products and sums of a float16 / bfloat16 model are formed in float32 (no underflow to zero, no
+    overflow). A float32 or float64 model's tensors are read as they are."""
+    saved = []
+    for dep, _ in tp_group:
+        for p in dep.target.module.parameters(recurse=False):
+            if p.dtype in HALF:
+                saved.append((p, p.data, p.grad))
+                p.data = p.data.float()  # the parameter is float32 now, so it accepts a float32 gradient
+                p.grad = p.grad.float() if p.grad is not None else None
+    try:
+        yield
+    finally:
+        for p, data, grad in saved:
+            p.data = data
+            p.grad = grad
+
+
 def _score(imp: Any, tp_group: Any, group: UnitGroup) -> torch.Tensor:
-    return _per_unit(imp(tp_group), group)
+    with _in_float32(tp_group):
+        return _per_unit(imp(tp_group), group)
 
 
 def magnitude_scores(groups: list[UnitGroup], tp_groups: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -276,7 +276,8 @@ def build_library(
     progress: bool = True,
 ) -> PruningLibrary:
     """Calibrate on the dense trajectory of ``pipe`` and score every unit for every stage (streamed: no call's
-    inputs are kept but the first)."""
+    inputs are kept but the first). A float16 / bfloat16 model is scored, and its Grams accumulated, in float32
+    or wider; compensated plans are solved in float64 and cast once to the model's dtype."""
     schedule = StageSchedule.uniform(config.steps, config.stages)
     _, model = find_denoiser(pipe)
     calib = calibrate(pipe, schedule, run or zoo_runner(config), config, progress)

@@ -1,7 +1,8 @@
-"""Calibration streams: each dense call adds to its stage's sums and is forgotten."""
+"""Calibration streams: each dense call adds to its stage's sums and is forgotten; half precision sums in float32+."""
 
 from __future__ import annotations
 
+import copy
 import gc
 from typing import Any
 
@@ -10,8 +11,9 @@ import torch
 from diffusers.hooks import HookRegistry
 from tiny_denoisers import DENOISERS, Rig
 
-from diffes.pruning import PruningConfig
-from diffes.pruning.calibration import calibrate, record_calls, run_call
+from diffes.pruning import PruningConfig, trace_structure
+from diffes.pruning.calibration import GramSums, calibrate, map_tensors, record_calls, run_call
+from diffes.pruning.importance import TaylorScores, magnitude_scores
 from diffes.stages import StageSchedule
 
 SCHEDULE = StageSchedule.uniform(4, 2)
@@ -120,3 +122,40 @@ def test_a_run_that_comes_back_to_a_stage_is_refused() -> None:
     with pytest.raises(RuntimeError, match="stage 0 came after stage 1"):
         calibrate(rig, SCHEDULE, twice, _config(), progress=False)
     assert not _hooks_left(rig.denoiser)
+
+
+def test_half_precision_grams_sum_in_float64() -> None:
+    """Rows of a float16 input whose squares and sums overflow float16 (65504) still give the exact Gram."""
+    layer = torch.nn.Linear(3, 2).half()
+    x = torch.full((64, 3), 200.0, dtype=torch.float16)
+    grams = GramSums(torch.nn.Sequential(layer), ["0"])
+    grams.on = True
+    handle = grams.hooks()[0]()
+    layer(x)
+    handle.remove()
+    gram = grams.result()["0"]
+    rows = torch.cat([x.double(), torch.ones(64, 1, dtype=torch.float64)], 1)
+    assert gram.dtype == torch.float64 and torch.equal(gram, rows.T @ rows / 64)
+    assert gram[0, 0].item() == 40000.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_scores_are_formed_in_float32(dtype: torch.dtype) -> None:
+    """A half model's magnitude scores equal those of a float32 copy of the same (rounded) weights bit for bit;
+    Taylor's float32 reading leaves the model's own half tensors and gradients in place."""
+    build, make_call = DENOISERS["dit"]
+    half = build().to(dtype)
+    wide = copy.deepcopy(half).float()
+    args, kwargs = make_call(torch.Generator().manual_seed(0))
+    half_call = map_tensors((args, kwargs), lambda t: t.to(dtype) if t.is_floating_point() else t)
+    structure, half_groups = trace_structure(half, lambda m: run_call(m, half_call))
+    _, wide_groups = trace_structure(wide, lambda m: run_call(m, (args, kwargs)))
+    half_scores = magnitude_scores(structure.groups, half_groups)
+    wide_scores = magnitude_scores(structure.groups, wide_groups)
+    assert all(torch.equal(half_scores[k], wide_scores[k]) for k in half_scores)
+    before = {n: p.data_ptr() for n, p in half.named_parameters()}
+    taylor = TaylorScores(half, structure.groups, half_groups, torch.Generator().manual_seed(0))
+    taylor.add(lambda: run_call(half, half_call))
+    scores = taylor.result(dtype)
+    assert all(bool(torch.isfinite(s).all()) and bool((s > 0).all()) for s in scores.values())
+    assert all(p.dtype == dtype and p.data_ptr() == before[n] and p.grad is None for n, p in half.named_parameters())

@@ -9,10 +9,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from tiny_denoisers import Rig
+from tiny_denoisers import DENOISERS, Rig
 
 from diffes.pruning import PruningConfig, PruningLibrary, build_library, prune_copy
-from diffes.pruning.calibration import first_tensor
+from diffes.pruning.calibration import first_tensor, map_tensors
 from diffes.routing import Router
 
 FAMILIES = ["dit", "pixart", "sd", "sdxl", "sd3", "sd3-dual", "flux"]
@@ -74,3 +74,37 @@ def test_depth_plan_routes_exactly(family: str) -> None:
     assert library.costs[1].macs < library.costs[0].macs
     _routed_equals(model, library, "gather", dense, calls)
     assert _same(model, dense, calls)
+
+
+def _half_rig(family: str, dtype: torch.dtype) -> Rig:
+    """A family's tiny denoiser and calls in ``dtype`` (floating inputs cast; labels and timesteps kept)."""
+    build, make_call = DENOISERS[family]
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return Rig(
+        build().to(dtype), lambda g: map_tensors(make_call(g), cast), "unet" if "unet" in family else "transformer"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("family", ["dit", "pixart", "unet2d"])
+def test_half_precision_plan_routes_exactly(family: str, dtype: torch.dtype) -> None:
+    """Plans are solved in float64 and cast once: a half-precision model routes bit for bit like its
+    torch-pruning copy in the same dtype (float16 runs on the CPU for these layers too)."""
+    rig = _half_rig(family, dtype)
+    model, calls = rig.denoiser, rig.calls(2, seed=7)
+    dense = copy.deepcopy(model)
+    library = _library(rig, importance="taylor", nested=True)
+    assert all(g.dtype == torch.float32 for stage in library.grams for g in stage.values())
+    assert all(s.dtype == torch.float64 and bool(torch.isfinite(s).all()) for d in library.scores for s in d.values())
+    plan = library.plan(1, 1)
+    assert plan.replacements and all(t.dtype == dtype for t in plan.replacements.values())
+    _routed_equals(model, library, "gather", dense, calls)
+    _routed_equals(model, library, "bank", dense, calls)
+    _routed_equals(model, _uncompensated(library), "zero-copy", dense, calls)
+    with torch.no_grad():
+        out = first_tensor(model(*calls[0][0], **calls[0][1]))
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), dense.state_dict().values()))
