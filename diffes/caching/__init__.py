@@ -4,7 +4,8 @@ One runtime (``runtime``) attached through the step-aware hooks routing uses, so
 and cached at once; rules (``rules``) decide which steps compute: interval (FORA), an explicit mask,
 first-block residual, TeaCache and MagCache, the last two fitted by ``calibrate`` (``diffes calibrate-cache``).
 CEM (``error_prior``, ``cem``): an offline error prior and the DP that picks the computed steps under a budget
-of steps or MACs; its schedule runs as a mask rule.
+of steps or MACs; its schedule runs as a mask rule. SODA-style sensitivity (``sensitivity``): per step and block,
+the output change when one block is cached or skipped; it weights the DP and seeds the pruning search.
 """
 
 from diffes._lazy import lazy_exports
@@ -31,6 +32,9 @@ _EXPORTS = {
     "CacheSchedule": "cem",
     "plan_computed_steps": "cem",
     "schedule_error": "cem",
+    "Sensitivity": "sensitivity",
+    "measure_sensitivity": "sensitivity",
+    "sensitivity_levels": "sensitivity",
     "ErrorPrior": "error_prior",
     "measure_error_prior": "error_prior",
 }
