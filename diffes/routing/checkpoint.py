@@ -3,9 +3,10 @@
 out/
   pipeline/        the dense base pipeline, ``save_pretrained`` layout (safetensors + configs)
   library/         structure, unit order and the schedule's plans (safetensors + JSON)
-  routing.json     schema, levels per stage, stage edges in timesteps, cost, hashes of the plan files, and
-                   the size and SHA-256 of every file under pipeline/; from a joint search also the cache
-                   rule (``cache``) and the step count it was searched at (``num_steps``)
+  routing.json     schema, levels per stage, stage edges in timesteps, cost, hashes of the plan files, the
+                   denoiser's dtype (``dtype``: plans are stored in it), and the size and SHA-256 of every
+                   file under pipeline/; from a joint search also the cache rule (``cache``) and the step
+                   count it was searched at (``num_steps``)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, with_config
@@ -84,6 +85,7 @@ def export_routed(
             "stage_steps": lengths,
             "cost": {"macs_fraction": library.stage_cost(schedule.levels), "macs_fraction_per_stage": per_stage},
             "base_config_sha256": config_hash(denoiser),
+            "dtype": dtype_name(next(denoiser.parameters()).dtype),
             "files": {name: _file_hash(tmp / name) for name in HASHED},
             # diffusers reads these itself; sizes are checked on every load, hashes with verify=True
             "pipeline_files": _file_records(tmp / "pipeline"),
@@ -157,9 +159,16 @@ def check_pipeline_files(folder: Path, meta: dict[str, Any], verify: bool = Fals
             raise CheckpointError(f"{path}: does not match its SHA-256 from export; the file is damaged")
 
 
-def _load_base(path: Path) -> Any:
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, t in DTYPES.items() if t == dtype)
+
+
+def _load_base(path: Path, dtype: torch.dtype) -> Any:
     try:
-        return load_pipeline_folder(path)
+        return load_pipeline_folder(path, dtype)
     except DiffesError:
         raise
     except (OSError, ValueError, RuntimeError) as e:  # diffusers' and safetensors' errors for damaged files
@@ -176,17 +185,23 @@ def load_routed(
     base: str | os.PathLike[str] | None = None,
     mode: str = "auto",
     verify: bool = False,
+    dtype: str | None = None,
 ) -> Any:
     """A ready pipeline that routes by the exported schedule on every ``pipe(...)`` call.
 
     ``base`` loads the dense pipeline from another folder (it must have the same architecture).
     ``verify`` also checks the SHA-256 of every file of the exported pipeline (its sizes are always checked).
+    ``dtype`` (float32, float16, bfloat16): the pipeline's dtype; by default the one it was exported in, so
+    a half-precision search is served as it was searched.
     """
     folder = Path(folder)
     meta = read_routing(folder)
+    name = dtype or meta.get("dtype", "float32")
+    if name not in DTYPES:
+        raise ConfigError("dtype", name, f"use one of {', '.join(DTYPES)}")
     if base is None:
         check_pipeline_files(folder, meta, verify)
-    pipe = _load_base(Path(base) if base is not None else folder / "pipeline")
+    pipe = _load_base(Path(base) if base is not None else folder / "pipeline", DTYPES[name])
     _, denoiser = find_denoiser(pipe)
     if config_hash(denoiser) != meta["base_config_sha256"]:
         raise CheckpointError(
@@ -235,3 +250,4 @@ class _RoutingJson(TypedDict):
     pipeline_files: NotRequired[dict[str, _FileRecord]]
     cache: NotRequired[dict[str, Any]]
     num_steps: NotRequired[Annotated[int, Field(ge=1)]]
+    dtype: NotRequired[Literal["float32", "float16", "bfloat16", "float64"]]

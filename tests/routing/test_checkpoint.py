@@ -13,6 +13,7 @@ import torch
 from tiny import zoo_pipeline
 
 from diffes.errors import CheckpointError, ConfigError
+from diffes.models.loading import load_pipeline_folder
 from diffes.pruning import PruningConfig, build_library
 from diffes.routing import RoutingSchedule, apply, export_routed, load_routed
 from diffes.routing.checkpoint import ROUTING_SCHEMA
@@ -130,3 +131,24 @@ def test_export_modes_follow_the_umask(exported: tuple[Path, torch.Tensor]) -> N
     for path in [exported[0], *exported[0].rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o777 if path.is_dir() else 0o666) & ~umask, path  # save_pretrained alone gives 0600
+
+
+def test_half_precision_export_loads_in_its_dtype(tmp_path: Path) -> None:
+    """A bfloat16 search is served in bfloat16: routing.json records the dtype, plans are stored in it, and the
+    loaded pipeline samples what the same base, loaded in that dtype and routed in memory, samples."""
+    pipe = zoo_pipeline("dit-digits", trained=True).to(torch.bfloat16)
+    library = build_library(pipe, PruningConfig(stages=2, steps=4, calibration_samples=2), progress=False)
+    pipe.scheduler.set_timesteps(4)
+    schedule = RoutingSchedule.from_stages(library.schedule, pipe.scheduler.timesteps, [5, 2])
+    folder = export_routed(tmp_path / "bf16", pipe, library, schedule)
+    assert json.loads((folder / "routing.json").read_text())["dtype"] == "bfloat16"
+    routed = load_routed(folder)
+    assert routed.transformer.dtype == torch.bfloat16
+    base = load_pipeline_folder(folder / "pipeline", torch.bfloat16)
+    handle = apply(base, library, schedule)
+    images = sample(base)
+    assert images.dtype == torch.bfloat16 and torch.equal(sample(routed), images)
+    handle.remove()
+    assert load_routed(folder, dtype="float32").transformer.dtype == torch.float32
+    with pytest.raises(ConfigError, match="dtype='half'"):
+        load_routed(folder, dtype="half")
