@@ -1,4 +1,5 @@
-"""Side-by-side samples of a run: dense | searched schedule | uniform schedule, same noise."""
+"""Side-by-side samples of a run: dense | searched schedule | uniform schedule, same noise. The dense column
+samples the teacher's steps (a joint search's reference); a joint genome samples its own steps and caching."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from diffes.caching import StageIntervalRule, apply_cache
 from diffes.images import save_grid
 from diffes.pruning.library import PruningLibrary
 from diffes.routing import RoutingSchedule, apply
-from diffes.runs.context import load_adapter, run_conditions
+from diffes.runs.context import load_adapter, make_budget, run_conditions
 from diffes.runs.rundir import RunDir
+from diffes.search.joint import JointBudget
 
 __all__ = ["sample_schedules", "save_side_by_side"]
 
@@ -33,16 +36,26 @@ def sample_schedules(
     cond = adapter.encode(conditions, guidance, config.model.negative_prompt)
     latents = adapter.initial_latents(len(conditions), torch.Generator("cpu").manual_seed(seed))
     timesteps = adapter.timesteps(config.pruning.steps)
+    edges = tuple(library.schedule.timestep_boundaries([float(t) for t in timesteps]))
+    space = make_budget(run, config, library)
     out = {}
     for name, genome in genomes.items():
-        handle = None
+        steps, handles = config.teacher_steps, []
         if genome is not None:
-            handle = apply(adapter.pipe, library, RoutingSchedule.from_stages(library.schedule, timesteps, genome))
+            levels, every = tuple(genome), (1,) * library.num_stages
+            steps = config.pruning.steps
+            if isinstance(space, JointBudget):  # a joint genome: its own step count and per-stage caching
+                choice = space.decode(genome)
+                levels, every, steps = choice.levels, choice.every, choice.steps
+            routed = apply(adapter.pipe, library, RoutingSchedule(levels, edges))
+            handles.append(routed)
+            if max(every) > 1:
+                handles.append(apply_cache(adapter.pipe, StageIntervalRule(every, edges), routed))
         try:
             generator = torch.Generator("cpu").manual_seed(seed + 1)
-            out[name] = adapter.decode(adapter.sample(cond, latents, config.pruning.steps, guidance, generator))
+            out[name] = adapter.decode(adapter.sample(cond, latents, steps, guidance, generator))
         finally:
-            if handle is not None:
+            for handle in reversed(handles):
                 handle.remove()
     return out
 
