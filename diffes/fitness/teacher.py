@@ -65,11 +65,13 @@ def step_generator(probes: ProbeSet) -> torch.Generator:
 
 
 @torch.no_grad()
-def sample_dense(adapter: SamplingAdapter, probes: ProbeSet, steps: int, guidance: Guidance) -> torch.Tensor:
-    """The dense model's images in [0, 1] for the probes, on a copy of the pipeline's scheduler."""
+def sample_dense(
+    adapter: SamplingAdapter, probes: ProbeSet, steps: int, guidance: Guidance, scheduler: Any = None
+) -> torch.Tensor:
+    """The dense model's images in [0, 1] for the probes, on a copy of ``scheduler`` (default: the pipeline's)."""
     from diffes.models.steps import clone_scheduler
 
-    scheduler = clone_scheduler(adapter.pipe.scheduler)
+    scheduler = clone_scheduler(adapter.pipe.scheduler if scheduler is None else scheduler)
     latents = adapter.sample(probes.cond, probes.latents, steps, guidance, step_generator(probes), scheduler)
     return adapter.decode(latents)
 
