@@ -81,9 +81,34 @@ def print_result(result: Any) -> None:
     print(f"best:     {b['genome']}  cost {b['cost']:.3f} of dense MACs  fitness {b['distance']:.5f}")
     u = b["uniform"]
     print(f"uniform:  {u['genome']}  cost {u['cost']:.3f} of dense MACs  fitness {u['distance']:.5f}")
+    for line in fewer_steps_lines(b):
+        print(line)
     if result.exported:
         print(f"export:   {result.exported}  (sample: diffes generate --routed {result.exported} -o grid.png)")
     print(f"samples:  {b['samples']}  (dense | best | uniform, same noise)")
+
+
+def fewer_steps_lines(best: dict[str, Any]) -> list[str]:
+    """The honest baselines of a finished run: the dense model with the steps of equal cost, on the pipeline's
+    sampler and on DPM-Solver++, against the same teacher; a note when one beats the searched schedule."""
+    own, dpm = best.get("fewer_steps"), best.get("fewer_steps_dpm_solver") or {}
+    if own is None:
+        return []
+    points = [own] + ([dpm] if "distance" in dpm else [])
+    lines = [
+        f"{'fewer:' if p is own else 'dpm++:':<10}dense with {p['steps']} of {p['num_steps']} steps ({p['sampler']})  "
+        f"cost {p['cost']:.3f} of dense MACs  fitness {p['distance']:.5f}"
+        for p in points
+    ]
+    if "skipped" in dpm:
+        lines.append(f"dpm++:    skipped: {dpm['skipped']}")
+    winner = min(points, key=lambda p: p["distance"])
+    if winner["distance"] < best["distance"]:
+        lines.append(
+            f"note:     at this cost the dense model with {winner['steps']} steps ({winner['sampler']}) is closer to "
+            "the teacher than the searched schedule"
+        )
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> None:

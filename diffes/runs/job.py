@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from diffes.errors import CheckpointError, DiffesError
 from diffes.pruning.library import PruningLibrary
 from diffes.runs.config import RunConfig
-from diffes.runs.context import local_context, prepare
+from diffes.runs.context import RunContext, load_adapter, local_context, make_metric, prepare
 from diffes.runs.export import export_run
 from diffes.runs.rng import capture_rng, restore_rng, seed_all
 from diffes.runs.rundir import RunDir
@@ -124,18 +124,22 @@ def resume_run(path: str, generations: int | None = None, progress: bool = True)
     return _run(run, config, progress)
 
 
-def _executor(run: RunDir, config: RunConfig, bar: GenerationBar) -> Executor:
+def _executor(run: RunDir, config: RunConfig, bar: GenerationBar) -> tuple[Executor, RunContext | None]:
+    """The executor, and the driver's own evaluation context when it has one (the local executor)."""
     if config.execution.executor == "local":
         context = local_context(run, config, progress=bar.enabled)
         context.evaluator.on_scored = bar.advance
-        return LocalExecutor(context.evaluator.evaluate, progress=_StartFinish(bar))
+        return LocalExecutor(context.evaluator.evaluate, progress=_StartFinish(bar)), context
     connect_ray(config.execution.address)  # an unreachable cluster fails here, before any expensive work
     prepare(run, config, progress=bar.enabled)  # workers load these files; build them once, here
     from diffes.runs.worker import worker_evaluator
 
     # one torch thread per worker: a worker is one CPU slot (or drives one GPU)
     args = (str(run.path.resolve()), 1)
-    return RayExecutor(worker_evaluator, args, config.execution.workers, config.execution.gpus_per_worker, progress=bar)
+    executor = RayExecutor(
+        worker_evaluator, args, config.execution.workers, config.execution.gpus_per_worker, progress=bar
+    )
+    return executor, None
 
 
 class _StartFinish:
@@ -157,7 +161,7 @@ class _StartFinish:
 def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
     seed_all(config.search.seed)
     bar = GenerationBar(progress)
-    executor = _executor(run, config, bar)
+    executor, context = _executor(run, config, bar)
     try:
         library = PruningLibrary.load(run.library_dir)
         budget = make_budget(config, library)
@@ -171,15 +175,34 @@ def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
         bar.label, bar.best = f"gen {state.generation + 1}/{config.search.generations}", best(state)[1]
         state = run_search(config.search, budget, toolbox, state, on_generation)
         summary = _summary(state, budget, library, toolbox)
-        run.write_best(summary)
+        if context is not None:
+            summary |= fewer_steps(run, config, budget.fraction, context)
     finally:
         executor.close()
+    if context is None:  # Ray: the workers are gone; the driver loads the dense model once, as for samples.png
+        summary |= fewer_steps(run, config, budget.fraction)
+    run.write_best(summary)
     exported = export_run(run) if config.execution.export else None
     if exported is not None:
         summary["export"] = str(exported)
     summary["samples"] = str(write_samples(run, summary))
     run.write_best(summary)
     return SearchResult(run, summary, exported)
+
+
+def fewer_steps(run: RunDir, config: RunConfig, fraction: float, context: RunContext | None = None) -> dict[str, Any]:
+    """What the dense model scores, on the same probes and against the same teacher, with the most sampling steps
+    that cost at most ``fraction`` of the teacher's dense run (``fewer_steps``), and the same on DPM-Solver++ where
+    it applies (``fewer_steps_dpm_solver``): one trajectory of the probes each. ``context``: the driver's own model
+    (local executor); without it the model is loaded here."""
+    from diffes.fitness.baselines import equal_cost_baselines
+    from diffes.fitness.teacher import Teacher
+
+    if context is not None:
+        adapter, teacher, metric = context.adapter, context.teacher, context.evaluator.metric
+        return equal_cost_baselines(adapter, teacher, metric, teacher.steps, fraction, context.router)
+    adapter, teacher = load_adapter(config), Teacher.load(run.teacher_file)
+    return equal_cost_baselines(adapter, teacher, make_metric(config), teacher.steps, fraction)
 
 
 def write_samples(run: RunDir, summary: dict[str, Any]) -> Path:

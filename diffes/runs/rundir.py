@@ -6,7 +6,8 @@ runs/<name>/
   teacher.safetensors/.json   probe noise, labels and the dense model's images
   checkpoints/gen_NNNN.json   search state + every RNG state after generation NNNN
   logbook.jsonl               one line per generation (rewritten from the checkpoint)
-  best.json                   the best schedule, its cost and fitness, and the uniform baseline
+  best.json                   the best schedule, its cost and fitness, the uniform schedule and the dense
+                              model with the steps of equal cost (fewer_steps, fewer_steps_dpm_solver)
   export/                     the routed checkpoint of the best schedule
 """
 
@@ -24,7 +25,7 @@ from typing_extensions import NotRequired, TypedDict
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import atomic_path, check_folder_path, read_json, write_json
 from diffes.runs.config import RunConfig, check_run_name
-from diffes.schema import RECORD, NonNegative, Uint32, reading
+from diffes.schema import RECORD, NonNegative, Positive, Uint32, reading
 
 __all__ = ["RunDir", "check_run_name", "run_path"]
 
@@ -174,6 +175,22 @@ class Point(TypedDict):
 
 
 @with_config(RECORD)
+class StepsPoint(TypedDict):
+    """The dense model at ``steps`` of ``num_steps`` steps on ``sampler`` (diffes.fitness.baselines)."""
+
+    sampler: str
+    steps: Positive
+    num_steps: Positive
+    cost: float
+    distance: float
+
+
+@with_config(RECORD)
+class Skipped(TypedDict):
+    skipped: str
+
+
+@with_config(RECORD)
 class Best(TypedDict):
     generation: NonNegative
     genome: list[int]
@@ -182,3 +199,5 @@ class Best(TypedDict):
     uniform: Point
     hall_of_fame: NotRequired[list[Point]]
     pareto: NotRequired[list[Point]]
+    fewer_steps: NotRequired[StepsPoint]
+    fewer_steps_dpm_solver: NotRequired[StepsPoint | Skipped]

@@ -27,5 +27,8 @@ def test_killing_a_worker_mid_search_changes_nothing(ray_address: str, tmp_path:
     last = sorted((run / "checkpoints").glob("gen_*.json"))[-1]
     assert json.loads(last.read_text())["worker_restarts"] >= 1
     assert outcome(run) == outcome(tmp_path / "calm")
+    # the dense model with the steps of equal cost, measured on the driver once the workers are gone
+    fewer = json.loads((run / "best.json").read_text())["fewer_steps"]
+    assert fewer["num_steps"] == 6 and fewer["distance"] > 0
     workers = [json.loads(p.read_text()) for p in (run / "workers").glob("worker-*.json")]
     assert len(workers) == 3 and all(w["device"] == "cpu" for w in workers)  # two GPU slots, CPU fallback
