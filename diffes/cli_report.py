@@ -15,6 +15,13 @@ def add_report_command(sub: Any) -> None:
     report.add_argument(
         "--per-class", type=int, default=4, help="samples per class in each sample grid (0: no sample grids)"
     )
+    report.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample the dense model with fewer steps at several costs for the cost plot (--no-baselines: only the "
+        "one `diffes search` measured at the budget)",
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -26,5 +33,5 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     run = RunDir.open(args.run)
     out = Path(args.out) if args.out else run.path / "report"
-    path = write_report(run, out, per_class=args.per_class)
+    path = write_report(run, out, per_class=args.per_class, baselines=args.baselines)
     print(f"wrote {path}  (open it in a browser: file://{path.resolve()})")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,15 @@ from diffes.io import atomic_path, read_json
 from diffes.pruning.library import PruningLibrary
 from diffes.runs.config import RunConfig
 from diffes.runs.job import uniform_genome
-from diffes.runs.report_plots import Curve, Scored, plot_costs, plot_hall_of_fame, plot_progress, plot_schedule
+from diffes.runs.report_plots import (
+    Curve,
+    Scored,
+    StepsBaseline,
+    plot_costs,
+    plot_hall_of_fame,
+    plot_progress,
+    plot_schedule,
+)
 from diffes.runs.rundir import RunDir
 from diffes.search import SearchState, best, pareto_front
 
@@ -29,6 +38,8 @@ __all__ = [
     "Curve",
     "ReportData",
     "Scored",
+    "StepsBaseline",
+    "fewer_steps_curve",
     "load_report_data",
     "population_share",
     "render_html",
@@ -37,6 +48,7 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
+STEPS_FRACTIONS = (0.25, 0.5, 0.75)  # the dense model with fewer steps: these costs (where the search could go)
 
 
 @dataclass
@@ -53,6 +65,8 @@ class ReportData:
     hall_of_fame: list[Scored]
     front: list[Scored]  # empty unless the search is multi-objective (nsga2)
     finished: bool
+    fewer_steps: list[StepsBaseline] = field(default_factory=list)  # the dense model with fewer steps
+    fewer_steps_skipped: str | None = None  # why DPM-Solver++ is not among them
 
     @property
     def levels(self) -> tuple[float, ...]:
@@ -113,7 +127,41 @@ def load_report_data(run: RunDir) -> ReportData:
         hall_of_fame=[scored(g) for g in state.hall_of_fame],
         front=front,
         finished=finished,
+        **_summary_baselines(summary),
     )
+
+
+def _summary_baselines(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The equal-cost baselines ``diffes search`` wrote into best.json (none before the run finished)."""
+    summary = summary or {}
+    entries = [summary.get("fewer_steps") or {}, summary.get("fewer_steps_dpm_solver") or {}]
+    points = [
+        StepsBaseline(e["sampler"], int(e["steps"]), int(e["num_steps"]), float(e["distance"]))
+        for e in entries
+        if "distance" in e
+    ]
+    return {"fewer_steps": points, "fewer_steps_skipped": entries[1].get("skipped")}
+
+
+def fewer_steps_curve(data: ReportData) -> ReportData:
+    """``data`` with the dense model sampled at several step counts, on the pipeline's sampler and on
+    DPM-Solver++, scored against the run's teacher (loads the model). The step counts: the budget's, and those of
+    ``STEPS_FRACTIONS`` that cost no less than the cheapest schedule the search could pick (one step of ten can be
+    so far off that it flattens every schedule on the plot)."""
+    from diffes.fitness.baselines import equal_cost_steps, steps_curve
+    from diffes.fitness.teacher import Teacher
+    from diffes.runs.context import load_adapter, make_metric
+
+    teacher, budget = Teacher.load(data.run.teacher_file), data.state.budget
+    n, cheapest = teacher.steps, float(getattr(budget, "cheapest", 0.0))  # n: the dense run the costs are relative to
+    wanted = {k for f in STEPS_FRACTIONS if (k := equal_cost_steps(n, f)) / n >= cheapest - 1e-9}
+    steps = sorted(wanted - {n} | {equal_cost_steps(n, budget.fraction)})
+    if not steps:
+        return data
+    adapter = load_adapter(data.config)
+    points, skipped = steps_curve(adapter, teacher, make_metric(data.config), n, steps)
+    curve = [StepsBaseline(p.sampler, p.steps, p.num_steps, p.distance) for p in points]
+    return replace(data, fewer_steps=curve, fewer_steps_skipped=skipped)
 
 
 def population_share(state: SearchState, num_levels: int) -> np.ndarray:
@@ -144,6 +192,7 @@ def write_figures(data: ReportData, out: Path) -> dict[str, Path]:
             measure,
             metric,
             out / costs_name,
+            data.fewer_steps,
         ),
     }
 
@@ -158,14 +207,18 @@ def _samples(data: ReportData, out: Path, per_class: int) -> dict[str, Path]:
     return {k: save_grid(v, out / f"samples_{k}.png", rows=len(v) // per_class) for k, v in images.items()}
 
 
-def write_report(run: RunDir, out: Path, per_class: int = 4) -> Path:
-    """Write ``out/report.html`` and its PNGs (``per_class=0``: no sample grids); returns the HTML path."""
+def write_report(run: RunDir, out: Path, per_class: int = 4, baselines: bool = True) -> Path:
+    """Write ``out/report.html`` and its PNGs (``per_class=0``: no sample grids; ``baselines=False``: the dense
+    model with fewer steps only at the budget, as ``diffes search`` measured it, instead of sampled at several
+    step counts); returns the HTML path."""
     out = Path(out)
     if per_class < 0:
         raise ConfigError("per-class", per_class, "use 1 or more samples per class, or 0 to skip the sample grids")
     if out.exists() and not out.is_dir():
         raise ConfigError("out", str(out), "that is a file; give a folder for the report")
     data = load_report_data(run)
+    if baselines and run.has_teacher():
+        data = fewer_steps_curve(data)
     out.mkdir(parents=True, exist_ok=True)
     figures = write_figures(data, out)
     samples = _samples(data, out, per_class) if per_class else {}
@@ -272,11 +325,57 @@ def _summary_line(data: ReportData) -> str:
     latency = ""
     if all(c.latency for c in data.library.costs):
         latency = f" · mean latency <b>{_pct(data.library.stage_cost(data.best.genome, 'latency'))}</b> of dense"
+    steps = "".join(
+        f" · dense with {p.steps} of {p.num_steps} steps ({html.escape(p.sampler)}, same cost) <b>{p.distance:.4f}</b>"
+        for p in _at_budget(data)
+    )
     return (
         f"Mean MACs per step <b>{_pct(macs)}</b> of dense{latency} · budget "
         f"<b>{_pct(data.state.budget.fraction, 0)}</b> of dense {_measure(data)} · distance "
-        f"<b>{data.best.distance:.4f}</b>{versus}"
+        f"<b>{data.best.distance:.4f}</b>{versus}{steps}"
     )
+
+
+def _at_budget(data: ReportData) -> list[StepsBaseline]:
+    """The fewer-steps baselines with the most steps the budget pays for, one per sampler."""
+    from diffes.fitness.baselines import equal_cost_steps
+
+    fraction = data.state.budget.fraction
+    return [p for p in data.fewer_steps if p.steps == equal_cost_steps(p.num_steps, fraction)]
+
+
+def _versus_best(data: ReportData, distance: float) -> str:
+    if distance <= 0 or data.best.distance is None:
+        return "—"
+    return f"{data.best.distance / distance:.2f}×"
+
+
+def _steps_section(data: ReportData) -> str:
+    """The dense model with fewer steps, against the same teacher: what a cost buys without pruning."""
+    note = (
+        "The dense model sampling the same probes from the same noise with fewer steps, scored against the same "
+        "teacher; its cost is steps / run steps, on the plot's cost axis."
+    )
+    skipped = data.fewer_steps_skipped
+    skip = f'<p class="note">DPM-Solver++ not measured: {html.escape(skipped)}.</p>' if skipped else ""
+    if not data.fewer_steps:
+        none = "Not measured: the run has not finished, or the report was written with <code>--no-baselines</code>."
+        return f'<section><h2>Baselines: fewer steps</h2><p class="note">{none}</p>{skip}</section>'
+    at_budget = _at_budget(data)
+    rows = []
+    for p in sorted(data.fewer_steps, key=lambda p: (p.sampler != data.fewer_steps[0].sampler, p.sampler, p.steps)):
+        mark = " (same cost as the budget)" if p in at_budget else ""
+        cells = [
+            html.escape(p.sampler),
+            f"{p.steps} of {p.num_steps}{mark}",
+            _pct(p.cost),
+            f"{p.distance:.4f}",
+            _versus_best(data, p.distance),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("Sampler", "Steps", "Cost", "Distance", "Best schedule's distance ÷ this"))
+    table = f'<table class="stages steps"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f"<section><h2>Baselines: the dense model with fewer steps</h2><p>{note}</p>{table}{skip}</section>"
 
 
 def _figure_tag(path: Path, alt: str) -> str:
@@ -332,6 +431,7 @@ def render_html(data: ReportData, figures: dict[str, Path], samples: dict[str, P
 {_cards(data)}
 <section><h2>Search</h2><div class="grid">
 {_figure_tag(figures["progress"], "search progress")}{_figure_tag(figures["costs"], costs_title)}</div></section>
+{_steps_section(data)}
 <section><h2>Schedule</h2><div class="grid">
 {_figure_tag(figures["schedule"], "best schedule heat map")}{_figure_tag(figures["hall_of_fame"], "hall of fame")}
 </div></section>

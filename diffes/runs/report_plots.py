@@ -2,7 +2,8 @@
 
 Every figure is drawn on its own ``Figure`` with the Agg canvas (no pyplot, no global backend) in one shared
 style, and written atomically as a PNG. Colors mean the same thing in every figure: blue is the searched
-schedule, orange the uniform schedule at the same budget, gray the rest of the search.
+schedule, orange the uniform schedule at the same budget, gray the rest of the search, green (and purple) the
+dense model sampling with fewer steps.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "SPARSITY_CMAP",
     "Curve",
     "Scored",
+    "StepsBaseline",
     "plot_progress",
     "plot_schedule",
     "plot_hall_of_fame",
@@ -39,6 +41,7 @@ __all__ = [
 BEST = "#2563eb"
 UNIFORM = "#ea580c"
 SEARCH = "#94a3b8"
+STEPS_COLORS = ("#16a34a", "#9333ea", "#0891b2")  # the dense model with fewer steps, one color per sampler
 INK = "#1e293b"
 MUTED = "#64748b"
 SPARSITY_CMAP = "YlGnBu"
@@ -81,6 +84,21 @@ class Scored:
     genome: tuple[int, ...]
     distance: float | None
     cost: float
+
+
+@dataclass(frozen=True)
+class StepsBaseline:
+    """The dense model sampling with ``steps`` of the run's ``num_steps`` steps on ``sampler``, scored against the
+    same teacher: cost ``steps / num_steps`` on the schedules' cost axis."""
+
+    sampler: str
+    steps: int
+    num_steps: int
+    distance: float
+
+    @property
+    def cost(self) -> float:
+        return self.steps / self.num_steps
 
 
 @contextmanager
@@ -241,8 +259,10 @@ def plot_costs(
     measure: str,
     metric: str,
     path: str | os.PathLike[str],
+    fewer_steps: Sequence[StepsBaseline] = (),
 ) -> Path:
-    """Cost vs distance of every evaluated schedule, the budget, best and uniform; the Pareto front if given."""
+    """Cost vs distance of every evaluated schedule, the budget, best and uniform; the Pareto front if given;
+    the dense model with fewer steps (one line per sampler, each point labelled with its step count)."""
     path = Path(path)
     with _figure(path, 5.8, 4.2) as fig:
         ax = fig.subplots()
@@ -258,13 +278,26 @@ def plot_costs(
         if uniform.distance is not None:
             ax.scatter(*_xy([uniform]), s=70, marker="D", color=UNIFORM, edgecolor="white",
                        zorder=5, label="uniform")  # fmt: skip
+        _steps_lines(ax, fewer_steps)
         ax.set_title("Pareto front: cost vs distance" if front else "Every evaluated schedule: cost vs distance")
-        ax.set_xlabel(f"mean cost per step (fraction of dense {measure})")
+        ax.set_xlabel(f"cost per image (fraction of the dense run's {measure})")
         ax.set_ylabel(f"distance to dense ({metric})")
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.margins(x=0.08, y=0.1)
-        fig.legend(loc="outside lower center", ncols=3 if front else 4)
+        fig.legend(loc="outside lower center", ncols=3 if front or fewer_steps else 4)
     return path
+
+
+def _steps_lines(ax: Any, points: Sequence[StepsBaseline]) -> None:
+    samplers = list(dict.fromkeys(p.sampler for p in points))
+    for sampler, color in zip(samplers, STEPS_COLORS):
+        line = sorted((p for p in points if p.sampler == sampler), key=lambda p: p.steps)
+        cost, dist = [p.cost for p in line], [p.distance for p in line]
+        ax.plot(cost, dist, color=color, lw=1.4, ls="--", marker="o", ms=5, zorder=4,
+                label=f"dense, fewer steps ({sampler})")  # fmt: skip
+        for p in line:
+            ax.annotate(f"{p.steps} steps", (p.cost, p.distance), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7.5, color=color)  # fmt: skip
 
 
 def _xy(points: Sequence[Scored]) -> tuple[np.ndarray, np.ndarray]:

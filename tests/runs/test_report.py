@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from diffes.cli_report import add_report_command
+from diffes.cli_search import print_result
 from diffes.errors import CheckpointError, ConfigError
+from diffes.fitness.baselines import equal_cost_steps
 from diffes.io import write_json
 from diffes.models.loading import fast_cpu_math
 from diffes.pruning.library import PruningLibrary
@@ -129,10 +131,37 @@ def test_table_and_figures_match_the_run(runs: dict[str, RunDir], report: Path) 
     assert f"{best['distance']:.4f}" in report.read_text()
 
 
+def test_the_dense_model_with_fewer_steps_is_in_the_summary_the_printout_and_the_report(
+    runs: dict[str, RunDir], report: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = runs["ga"]
+    best, config = run.best(), run.config()
+    assert best is not None
+    k, n = equal_cost_steps(config.pruning.steps, config.search.budget), config.pruning.steps
+    own, dpm = best["fewer_steps"], best["fewer_steps_dpm_solver"]
+    assert (own["sampler"], own["steps"], own["num_steps"], own["cost"]) == ("DDIM", k, n, k / n)
+    assert (dpm["sampler"], dpm["steps"], dpm["num_steps"]) == ("DPM-Solver++", k, n)
+    assert own["distance"] > 0 and dpm["distance"] > 0  # neither sampler with fewer steps is the teacher
+    print_result(job.SearchResult(run, best, None))
+    printed = capsys.readouterr().out
+    assert (
+        f"dense with {k} of {n} steps (DDIM)  cost {k / n:.3f} of dense MACs  fitness {own['distance']:.5f}" in printed
+    )
+    assert f"dense with {k} of {n} steps (DPM-Solver++)" in printed
+    page = report.read_text()
+    section = re.search(r"<h2>Baselines: the dense model with fewer steps</h2>(.*?)</section>", page, re.S)
+    assert section is not None
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+) of (\d+)", section.group(1))
+    assert {(sampler, int(steps)) for sampler, steps, _ in rows} >= {("DDIM", k), ("DPM-Solver++", k)}
+    assert f"<td>{own['distance']:.4f}</td>" in section.group(1)  # the report's own sampling matches the run's
+    assert f"dense with {k} of {n} steps (DDIM, same cost)" in page
+
+
 def test_nsga2_run_gets_a_pareto_plot(runs: dict[str, RunDir], tmp_path: Path) -> None:
     page = write_report(runs["nsga"], tmp_path, per_class=0)
     assert (tmp_path / "pareto.png").is_file() and not (tmp_path / "schedules.png").exists()
     assert 'src="pareto.png"' in page.read_text() and "Pareto front" in page.read_text()
+    assert 'Baselines: fewer steps</h2><p class="note">Not measured' in page.read_text()  # no teacher, no best.json
     data = load_report_data(runs["nsga"])
     front = {s.genome for s in data.front}
     assert [c.generation for c in data.curve] == [0, 1, 2] and len(front) > 1
