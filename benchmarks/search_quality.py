@@ -1,8 +1,9 @@
 """Head-to-head at 70%, 50% and 35% of dense MACs on the built-in DiT: dense, uniform, a MosaicDiff-style
 slow-fast-slow heuristic, random search with as many evaluations as the evolutionary search, diffes (GA per
-budget), and one NSGA-II run for all budgets. Every schedule is judged on held-out probes (8x the search's,
-other seeds): distance to the teacher, class accuracy, Frechet distance on classifier features, and the
-measured wall-clock speedup of routed sampling.
+budget), and one NSGA-II run for all budgets; and the dense model itself with the most sampling steps of equal
+cost (k of N steps costs k/N), on the pipeline's sampler and on DPM-Solver++. Every row is judged on held-out
+probes (8x the search's, other seeds): distance to the teacher, class accuracy, Frechet distance on classifier
+features, and the measured wall-clock speedup of sampling.
 
     python -m benchmarks.search_quality [--generations 20]
 """
@@ -20,6 +21,15 @@ import torch
 
 from benchmarks.common import prepared_run, save, temp_config
 from diffes.fitness import class_accuracy, classifier_features, frechet_distance, get_metric
+from diffes.fitness.baselines import (
+    DPM_SOLVER,
+    dpm_solver_scheduler,
+    equal_cost_steps,
+    fewer_steps_baseline,
+    sample_steps,
+    sampler_name,
+    why_no_dpm_solver,
+)
 from diffes.fitness.evaluator import Evaluator
 from diffes.fitness.teacher import Teacher, make_probes
 from diffes.models.steps import clone_scheduler
@@ -124,6 +134,39 @@ def held_out(
     }
 
 
+@torch.no_grad()
+def held_out_steps(
+    ctx: RunContext, heldout: Evaluator, steps: int, scheduler: Any, teacher_feats: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """A fewer-steps row: the dense model with ``steps`` of N steps on ``scheduler`` (None: the pipeline's), on the
+    held-out probes, scored as the schedules are; its speedup is timed against N steps on the pipeline's sampler."""
+    n = ctx.library.schedule.num_steps
+    images = sample_steps(ctx.adapter, heldout.teacher, steps, scheduler, ctx.router)
+    per_probe = heldout.metric(images, heldout.teacher.images)
+    search = fewer_steps_baseline(ctx.adapter, ctx.teacher, ctx.evaluator.metric, steps, scheduler, ctx.router)
+
+    def timed(k: int, sched: Any, repeats: int = 3) -> float:
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sample_steps(ctx.adapter, heldout.teacher, k, sched, ctx.router)
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    return {
+        "steps": steps,
+        "num_steps": n,
+        "macs": steps / n,
+        "distance": float(per_probe.mean()),
+        "distance_se": float(per_probe.std() / per_probe.numel() ** 0.5),
+        "per_probe": per_probe.tolist(),
+        "search_fitness": float(search.mean()),
+        "accuracy": class_accuracy(images, labels),
+        "frechet": frechet_distance(classifier_features(images), teacher_feats),
+        "speedup": timed(n, None) / timed(steps, scheduler),
+    }
+
+
 def measured_speedup(heldout: Evaluator, genome: Genome, repeats: int = 3) -> float:
     def timed(g: Genome) -> float:
         runs = []
@@ -166,6 +209,9 @@ def main(args: argparse.Namespace) -> None:
     labels = torch.tensor([conditions.index(c) if text else c for c in probes.conditions])
     results: dict[str, Any] = {"dense": {"accuracy": class_accuracy(teacher.images, labels)}, "model": args.model}
     budgets = [float(b) for b in args.budgets.split(",")]
+    dpm = dpm_solver_scheduler(ctx.adapter.pipe.scheduler)
+    if dpm is None:
+        results["dpm_solver_skipped"] = why_no_dpm_solver(ctx.adapter.pipe.scheduler)
     nsga = None
     if not args.quick:
         nsga_config = with_search(config, algorithm="nsga2", budget=max(budgets))
@@ -190,6 +236,12 @@ def main(args: argparse.Namespace) -> None:
                 continue
             row[name] = {"genome": list(genome), "macs": ctx.library.stage_cost(genome)}
             row[name].update(held_out(ctx, heldout, genome, teacher_feats, labels))
+        n = ctx.library.schedule.num_steps
+        k = equal_cost_steps(n, fraction)
+        own = sampler_name(ctx.adapter.pipe.scheduler)
+        row[f"dense {k}/{n} steps {own}"] = held_out_steps(ctx, heldout, k, None, teacher_feats, labels)
+        if dpm is not None:
+            row[f"dense {k}/{n} steps {DPM_SOLVER}"] = held_out_steps(ctx, heldout, k, dpm, teacher_feats, labels)
         row["diffes GA"].update(
             search_seconds=ga["seconds"], search_calls=ga["calls"], evaluations=ga["evals"],
             evals_to_beat_random=evals_to_beat(ga["state"], rnd["fitness"]),
@@ -220,12 +272,30 @@ def report(results: dict[str, Any], budgets: list[float]) -> str:
                 f"± {r['distance_se']:.4f} | {r['accuracy']:.1%} | {r['frechet']:.3f} | {r['speedup']:.2f}x |"
             )
         verdicts.append(_verdict(fraction, row))
+        verdicts.extend(
+            _fewer_steps_verdict(fraction, name, r, row["diffes GA"]) for name, r in row.items() if "steps" in r
+        )
     acc50 = results["0.5"]["diffes GA"]["accuracy"] if "0.5" in results else float("nan")
     verdicts.append(
         f"- 50%: class accuracy {acc50:.1%} vs dense {dense_acc:.1%} (goal within 2 points: "
         f"{'met' if dense_acc - acc50 <= 0.02 else 'NOT met'})"
     )
+    if "dpm_solver_skipped" in results:
+        verdicts.append(f"- {DPM_SOLVER} not measured: {results['dpm_solver_skipped']}")
     return "\n".join([*lines, "", *verdicts])
+
+
+def _fewer_steps_verdict(fraction: float, name: str, steps: dict[str, Any], ga: dict[str, Any]) -> str:
+    """The honest baseline: the dense model with the steps the budget pays for, against the searched schedule."""
+    winner = (
+        "the dense model with fewer steps is closer" if steps["distance"] < ga["distance"] else "diffes GA is closer"
+    )
+    return (
+        f"- {fraction:.0%}: {name} (cost {steps['macs']:.0%}) lands at {steps['distance']:.4f} held out, diffes GA "
+        f"at {ga['distance']:.4f}: {winner} (diffes GA / fewer steps = {ga['distance'] / steps['distance']:.2f}; "
+        f"difference {ga['distance'] - steps['distance']:+.4f} ± {_paired_se(ga['per_probe'], steps['per_probe']):.4f} "
+        "s.e.)"
+    )
 
 
 def _paired_se(a: list[float], b: list[float]) -> float:
