@@ -14,7 +14,7 @@ from benchmarks.common import prepared_run, save, temp_config
 from diffes.fitness.evaluator import Evaluator
 from diffes.runs.config import RunConfig
 from diffes.runs.context import load_context
-from diffes.runs.job import make_budget
+from diffes.runs.context import plain_budget as make_budget
 from diffes.runs.rundir import RunDir
 from diffes.search import make_toolbox, run_search
 from diffes.search.config import SearchConfig

@@ -35,7 +35,8 @@ from diffes.fitness.teacher import Teacher, make_probes
 from diffes.models.steps import clone_scheduler
 from diffes.runs.config import RunConfig
 from diffes.runs.context import RunContext, load_context
-from diffes.runs.job import make_budget, uniform_genome
+from diffes.runs.context import plain_budget as make_budget
+from diffes.runs.job import uniform_genome
 from diffes.search import Budget, best, make_toolbox, pareto_front, run_search
 from diffes.search.operators import fill_budget
 

@@ -18,6 +18,7 @@ from diffes.pruning.library import PruningLibrary, build_library
 from diffes.routing.router import Router
 from diffes.runs.config import RunConfig
 from diffes.runs.rundir import RunDir
+from diffes.search.genome import Budget
 from diffes.search.joint import AnyBudget, JointBudget, parse_steps_grid
 from diffes.stages import stage_lengths
 
@@ -30,6 +31,7 @@ __all__ = [
     "load_adapter",
     "run_conditions",
     "make_budget",
+    "plain_budget",
 ]
 
 JOINT_FILE = "joint.json"  # a joint search's step grid and how many of each count's steps fall in each stage
@@ -106,12 +108,18 @@ def _write_joint_space(run: RunDir, config: RunConfig, adapter: SamplingAdapter,
     write_json(run.path / JOINT_FILE, {"steps_grid": list(grid), "stage_lengths": lengths, "edges": edges})
 
 
+def plain_budget(config: RunConfig, library: PruningLibrary) -> Budget:
+    """Mean relative cost per step of a one-level-per-stage schedule (a search without --joint)."""
+    weights = [n / library.schedule.num_steps for n in library.schedule.stage_lengths()]
+    costs = [library.stage_cost([lv] * library.num_stages, config.search.cost) for lv in range(library.num_levels)]
+    return config.search.make_budget(weights, costs)
+
+
 def make_budget(run: RunDir, config: RunConfig, library: PruningLibrary) -> AnyBudget:
     """The run's budget: mean relative cost per step, or for a joint search the cost relative to the reference."""
-    costs = [library.stage_cost([lv] * library.num_stages, config.search.cost) for lv in range(library.num_levels)]
     if not config.search.joint:
-        weights = [n / library.schedule.num_steps for n in library.schedule.stage_lengths()]
-        return config.search.make_budget(weights, costs)
+        return plain_budget(config, library)
+    costs = [library.stage_cost([lv] * library.num_stages, config.search.cost) for lv in range(library.num_levels)]
     space = read_json(run.path / JOINT_FILE, _JointSpace)
     search = config.search
     reference = config.fitness.reference_steps

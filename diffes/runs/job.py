@@ -17,15 +17,16 @@ from tqdm.auto import tqdm
 from diffes.errors import CheckpointError, DiffesError
 from diffes.pruning.library import PruningLibrary
 from diffes.runs.config import RunConfig
-from diffes.runs.context import RunContext, load_adapter, local_context, make_metric, prepare
+from diffes.runs.context import RunContext, load_adapter, local_context, make_budget, make_metric, prepare
 from diffes.runs.export import export_run
 from diffes.runs.rng import capture_rng, restore_rng, seed_all
 from diffes.runs.rundir import RunDir
 from diffes.runs.samples import sample_schedules, save_side_by_side
-from diffes.search import Budget, SearchState, best, init_search, make_toolbox, pareto_front, run_search
+from diffes.search import SearchState, best, init_search, make_toolbox, pareto_front, run_search
 from diffes.search.executors import Executor, LocalExecutor, RayExecutor, connect_ray
+from diffes.search.joint import AnyBudget, JointBudget
 
-__all__ = ["SearchResult", "start_run", "run_new", "resume_run", "make_budget", "uniform_genome"]
+__all__ = ["SearchResult", "start_run", "run_new", "resume_run", "uniform_genome"]
 
 
 @dataclass
@@ -75,14 +76,11 @@ class GenerationBar:
             self._bar = None
 
 
-def make_budget(config: RunConfig, library: PruningLibrary) -> Budget:
-    weights = [n / library.schedule.num_steps for n in library.schedule.stage_lengths()]
-    costs = [library.stage_cost([lv] * library.num_stages, config.search.cost) for lv in range(library.num_levels)]
-    return config.search.make_budget(weights, costs)
-
-
-def uniform_genome(budget: Budget) -> tuple[int, ...]:
-    """The same level in every stage: the densest one that fits the budget."""
+def uniform_genome(budget: AnyBudget) -> tuple[int, ...]:
+    """The same level in every stage: the densest one that fits the budget (for a joint search: at the step
+    count that spends the most budget, without caching; the cheapest schedule when no such one fits)."""
+    if isinstance(budget, JointBudget):
+        return budget.named_genomes().get("pruning", budget.upper)
     n = budget.num_stages
     return next((lv,) * n for lv in range(budget.num_levels) if budget.feasible((lv,) * n))
 
@@ -164,7 +162,7 @@ def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
     executor, context = _executor(run, config, bar)
     try:
         library = PruningLibrary.load(run.library_dir)
-        budget = make_budget(config, library)
+        budget = make_budget(run, config, library)
         toolbox = make_toolbox(config.search, budget, executor.map)
         state = _initial_state(run, config, budget, toolbox, bar)
 
@@ -213,7 +211,7 @@ def write_samples(run: RunDir, summary: dict[str, Any]) -> Path:
     return save_side_by_side(images, run.path / "samples.png", rows=len(images["dense"]) // per_condition)
 
 
-def _initial_state(run: RunDir, config: RunConfig, budget: Budget, toolbox: Any, bar: GenerationBar) -> SearchState:
+def _initial_state(run: RunDir, config: RunConfig, budget: AnyBudget, toolbox: Any, bar: GenerationBar) -> SearchState:
     checkpoint = run.latest_checkpoint()
     if checkpoint is None:
         bar.label = f"gen 0/{config.search.generations}"
@@ -237,21 +235,42 @@ def _checkpoint(run: RunDir, state: SearchState, executor: Any = None) -> None:
     run.write_logbook(list(state.logbook))
 
 
-def _summary(state: SearchState, budget: Budget, library: PruningLibrary, toolbox: Any) -> dict[str, Any]:
-    genome, distance, cost = best(state)
+def _summary(state: SearchState, budget: AnyBudget, library: PruningLibrary, toolbox: Any) -> dict[str, Any]:
+    genome, distance, _ = best(state)
     uniform = uniform_genome(budget)
     known = state.cache.get(uniform)
     uniform_distance = known if known is not None else toolbox.map(toolbox.evaluate, [uniform])[0]
-    point = lambda g, d: {"genome": list(g), "distance": d, "cost": budget.cost(g)}  # noqa: E731
-    return {
+
+    def point(g: tuple[int, ...], d: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"genome": list(g), "distance": d, "cost": budget.cost(g)}
+        return out | ({"joint": _choice(budget, g)} if isinstance(budget, JointBudget) else {})
+
+    summary = {
         "generation": state.generation,
         "budget": budget.fraction,
-        "genome": list(genome),
-        "distance": distance,
-        "cost": cost,
-        "macs_fraction": library.stage_cost(genome),
+        **point(genome, distance),
+        "macs_fraction": _macs_fraction(budget, library, genome),
         "uniform": point(uniform, uniform_distance),
         "hall_of_fame": [point(g, state.cache[g]) for g in state.hall_of_fame],
         "pareto": [point(g, d) for g, d, _ in pareto_front(state)] if state.config.algorithm == "nsga2" else [],
         "evaluations": len(state.cache),
     }
+    if isinstance(budget, JointBudget):  # each method alone, at the most budget it can spend (seeded, so scored)
+        pure = budget.named_genomes()
+        summary["single_methods"] = {name: point(g, state.cache[g]) for name, g in pure.items() if g in state.cache}
+    return summary
+
+
+def _choice(budget: JointBudget, genome: tuple[int, ...]) -> dict[str, Any]:
+    choice = budget.decode(genome)
+    return {"steps": choice.steps, "every": list(choice.every), "levels": list(choice.levels)}
+
+
+def _macs_fraction(budget: AnyBudget, library: PruningLibrary, genome: tuple[int, ...]) -> float:
+    """Denoiser MACs per image as a fraction of the dense run's (the reference's, in a joint search)."""
+    if not isinstance(budget, JointBudget):
+        return library.stage_cost(genome)
+    levels = budget.decode(genome).levels
+    computed = budget.computed_steps(genome)
+    macs = sum(n * library.costs[lv].macs for n, lv in zip(computed, levels))
+    return macs / (library.dense_macs * budget.reference_steps)

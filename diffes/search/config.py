@@ -39,7 +39,7 @@ class SearchConfig:
     budget: Number = option(0.5, "mean cost per step as a fraction of dense (e.g. 0.5)")
     cost: Cost = option("macs", "budget measure: macs, or latency (measured per level on this device)")
     joint: Bool = option(False, "search step count, per-stage caching and pruning together (teacher: reference_steps)")
-    steps_grid: Text = option("auto", "joint: step counts to choose, e.g. 50,25,10 (auto: 6-100% of reference_steps)")
+    steps_grid: Text = option("auto", "joint: step counts to choose, e.g. 50,25,10 (auto: 6 to 100 pct of reference)")
     cache_every: Int = option(3, "joint: largest per-stage cache interval (computes every 1..N-th step; 1: no caching)")
     seed: Int = option(0, "seed of every random draw of the run")
     hall_of_fame: Int = option(5, "best schedules kept in the hall of fame")

@@ -24,6 +24,7 @@ from diffes.io import write_json
 from diffes.models.loading import fast_cpu_math
 from diffes.pruning.library import PruningLibrary
 from diffes.runs import RunConfig, RunDir, job, start_run
+from diffes.runs.context import plain_budget
 from diffes.runs.report import Scored, load_report_data, population_share, render_html, write_figures, write_report
 from diffes.runs.rng import capture_rng
 from diffes.search import SearchState, make_toolbox, run_search
@@ -63,7 +64,7 @@ def nsga2_run(source: RunDir, path: Path) -> RunDir:
     run = RunDir(path)
     shutil.copytree(source.library_dir, run.library_dir)
     write_json(run.config_file, config.to_dict())
-    budget = job.make_budget(config, PruningLibrary.load(run.library_dir))
+    budget = plain_budget(config, PruningLibrary.load(run.library_dir))
     fitness = lambda genomes: [1 - budget.cost(g) + 0.01 * (g[0] - g[-1]) ** 2 for g in genomes]  # noqa: E731
     toolbox = make_toolbox(config.search, budget, fitness)
 
