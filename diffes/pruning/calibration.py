@@ -235,9 +235,11 @@ class _Stream(StepAwareHook):
                 acc.on = on
 
     def _start(self, call: Call) -> None:
-        """First call: trace the structure on it, keep it as the example, register the accumulators' hooks."""
-        config, model = self.config, self.model
-        structure, tp_groups = trace_structure(model, lambda m: run_call(m, call), depth=config.axis == "depth")
+        """First call: trace the structure on its first sample (the trace keeps a forward's activations for
+        autograd, so a whole calibration batch would cost its batch size times more), keep the call as the
+        example, register the accumulators' hooks."""
+        config, model, one = self.config, self.model, single_sample(call)
+        structure, tp_groups = trace_structure(model, lambda m: run_call(m, one), depth=config.axis == "depth")
         example = map_tensors(call, lambda t: t.detach().clone())
         self.result = Calibration(structure, tp_groups, example)
         hooks = []
