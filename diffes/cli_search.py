@@ -79,6 +79,13 @@ def print_result(result: Any) -> None:
     b = result.best
     print(f"run:      {result.run.path}")
     print(f"best:     {b['genome']}  cost {b['cost']:.3f} of dense MACs  fitness {b['distance']:.5f}")
+    if "joint" in b:  # the step count and caching the joint search chose, and each method alone
+        c = b["joint"]
+        print(f"choice:   {c['steps']} steps, compute every {c['every']} step per stage, levels {c['levels']}")
+        for name, p in b.get("single_methods", {}).items():
+            c = p["joint"]
+            what = f"{name} alone ({c['steps']} steps, every {c['every']}, levels {c['levels']})"
+            print(f"{'':<10}{what}  cost {p['cost']:.3f}  fitness {p['distance']:.5f}")
     u = b["uniform"]
     print(f"uniform:  {u['genome']}  cost {u['cost']:.3f} of dense MACs  fitness {u['distance']:.5f}")
     for line in fewer_steps_lines(b):

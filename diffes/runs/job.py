@@ -26,7 +26,7 @@ from diffes.search import SearchState, best, init_search, make_toolbox, pareto_f
 from diffes.search.executors import Executor, LocalExecutor, RayExecutor, connect_ray
 from diffes.search.joint import AnyBudget, JointBudget
 
-__all__ = ["SearchResult", "start_run", "run_new", "resume_run", "uniform_genome"]
+__all__ = ["SearchResult", "start_run", "run_new", "resume_run", "uniform_genome", "macs_fraction"]
 
 
 @dataclass
@@ -249,7 +249,7 @@ def _summary(state: SearchState, budget: AnyBudget, library: PruningLibrary, too
         "generation": state.generation,
         "budget": budget.fraction,
         **point(genome, distance),
-        "macs_fraction": _macs_fraction(budget, library, genome),
+        "macs_fraction": macs_fraction(budget, library, genome),
         "uniform": point(uniform, uniform_distance),
         "hall_of_fame": [point(g, state.cache[g]) for g in state.hall_of_fame],
         "pareto": [point(g, d) for g, d, _ in pareto_front(state)] if state.config.algorithm == "nsga2" else [],
@@ -266,7 +266,7 @@ def _choice(budget: JointBudget, genome: tuple[int, ...]) -> dict[str, Any]:
     return {"steps": choice.steps, "every": list(choice.every), "levels": list(choice.levels)}
 
 
-def _macs_fraction(budget: AnyBudget, library: PruningLibrary, genome: tuple[int, ...]) -> float:
+def macs_fraction(budget: AnyBudget, library: PruningLibrary, genome: tuple[int, ...]) -> float:
     """Denoiser MACs per image as a fraction of the dense run's (the reference's, in a joint search)."""
     if not isinstance(budget, JointBudget):
         return library.stage_cost(genome)

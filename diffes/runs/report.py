@@ -20,7 +20,7 @@ from diffes.errors import CheckpointError, ConfigError
 from diffes.io import atomic_path, read_json
 from diffes.pruning.library import PruningLibrary
 from diffes.runs.config import RunConfig
-from diffes.runs.job import uniform_genome
+from diffes.runs.job import macs_fraction, uniform_genome
 from diffes.runs.report_plots import (
     Curve,
     Scored,
@@ -32,6 +32,7 @@ from diffes.runs.report_plots import (
 )
 from diffes.runs.rundir import RunDir
 from diffes.search import SearchState, best, pareto_front
+from diffes.search.joint import JointBudget
 
 __all__ = [
     "REPORT_FILE",
@@ -71,6 +72,32 @@ class ReportData:
     @property
     def levels(self) -> tuple[float, ...]:
         return tuple(self.library.config.levels)
+
+    @property
+    def joint(self) -> JointBudget | None:
+        """The joint space when the run searched steps and caching too."""
+        budget = self.state.budget
+        return budget if isinstance(budget, JointBudget) else None
+
+    def stage_levels(self, genome: Sequence[int]) -> tuple[int, ...]:
+        """The pruning level of each stage (a joint genome also holds its step count and caching)."""
+        return self.joint.decode(genome).levels if self.joint else tuple(genome)
+
+    def as_levels(self, scored: Scored) -> Scored:
+        return Scored(self.stage_levels(scored.genome), scored.distance, scored.cost)
+
+    def macs(self, genome: Sequence[int]) -> float:
+        """MACs per image as a fraction of the dense run's (the reference run's, in a joint search)."""
+        return macs_fraction(self.state.budget, self.library, tuple(genome))
+
+    def choice(self, genome: Sequence[int]) -> str:
+        """A joint genome's step count and caching, in words ("" for a plain schedule)."""
+        if self.joint is None:
+            return ""
+        c = self.joint.decode(genome)
+        return (
+            f"{c.steps} of {self.joint.reference_steps} reference steps, compute every {list(c.every)} step per stage"
+        )
 
     @property
     def evaluated(self) -> list[Scored]:
@@ -166,7 +193,9 @@ def fewer_steps_curve(data: ReportData) -> ReportData:
 
 def population_share(state: SearchState, num_levels: int) -> np.ndarray:
     """(levels, stages): the share of the population (all islands) that uses each level at each stage."""
-    genomes = np.array([g for island in state.populations for g in island])
+    budget = state.budget
+    to_levels = budget.decode if isinstance(budget, JointBudget) else None
+    genomes = np.array([to_levels(g).levels if to_levels else g for island in state.populations for g in island])
     return np.stack([(genomes == lv).mean(axis=0) for lv in range(num_levels)])
 
 
@@ -176,12 +205,19 @@ def population_share(state: SearchState, num_levels: int) -> np.ndarray:
 def write_figures(data: ReportData, out: Path) -> dict[str, Path]:
     """The four figures as PNGs in ``out``, by name: progress, costs (Pareto or scatter), schedule, hall_of_fame."""
     metric, measure = data.config.fitness.metric, _measure(data)
-    hof = [(f"#{i + 1}", s) for i, s in enumerate(data.hall_of_fame)] + [("uniform", data.uniform)]
+    hof = [(f"#{i + 1}", data.as_levels(s)) for i, s in enumerate(data.hall_of_fame)]
+    hof.append(("uniform", data.as_levels(data.uniform)))
     share = population_share(data.state, len(data.levels))
     costs_name = "pareto.png" if data.front else "schedules.png"
     return {
         "progress": plot_progress(data.curve, data.uniform.distance, metric, out / "progress.png"),
-        "schedule": plot_schedule(data.best.genome, data.uniform.genome, share, data.levels, out / "schedule.png"),
+        "schedule": plot_schedule(
+            data.stage_levels(data.best.genome),
+            data.stage_levels(data.uniform.genome),
+            share,
+            data.levels,
+            out / "schedule.png",
+        ),
         "hall_of_fame": plot_hall_of_fame(hof, data.levels, out / "hall_of_fame.png"),
         "costs": plot_costs(
             data.evaluated,
@@ -272,7 +308,7 @@ def _versus(data: ReportData) -> str:
 
 
 def _cards(data: ReportData) -> str:
-    macs = data.library.stage_cost(data.best.genome)
+    macs = data.macs(data.best.genome)
     u = data.uniform.distance
     budget = data.state.budget.fraction
     cards = [
@@ -297,7 +333,7 @@ def _stage_table(data: ReportData) -> str:
     head = ["Stage", "Steps", "Level", "Sparsity", "MACs / call", "vs dense", "Params"]
     head += ["Latency / call"] if latency else []
     rows = []
-    for stage, level in enumerate(data.best.genome):
+    for stage, level in enumerate(data.stage_levels(data.best.genome)):
         c, steps = costs[level], schedule.steps_of(stage)
         rel = c.macs / dense.macs
         cells = [
@@ -318,12 +354,12 @@ def _stage_table(data: ReportData) -> str:
 
 
 def _summary_line(data: ReportData) -> str:
-    macs = data.library.stage_cost(data.best.genome)
+    macs = data.macs(data.best.genome)
     u, change = data.uniform.distance, _change(data)
     versus = "" if u is None else f" vs uniform <b>{u:.4f}</b>"
     versus += "" if change is None else f" ({change:+.1%})".replace("-", "−")
     latency = ""
-    if all(c.latency for c in data.library.costs):
+    if all(c.latency for c in data.library.costs) and data.joint is None:
         latency = f" · mean latency <b>{_pct(data.library.stage_cost(data.best.genome, 'latency'))}</b> of dense"
     steps = "".join(
         f" · dense with {p.steps} of {p.num_steps} steps ({html.escape(p.sampler)}, same cost) <b>{p.distance:.4f}</b>"
@@ -389,11 +425,11 @@ def _samples_html(data: ReportData, samples: dict[str, Path]) -> str:
         "dense": ("Dense", "100% MACs · the teacher"),
         "best": (
             "Routed (best)",
-            f"{_pct(data.library.stage_cost(data.best.genome))} MACs · distance {data.best.distance:.4f}",
+            f"{_pct(data.macs(data.best.genome))} MACs · distance {data.best.distance:.4f}",
         ),
         "uniform": (
             "Uniform, same budget",
-            f"{_pct(data.library.stage_cost(data.uniform.genome))} MACs"
+            f"{_pct(data.macs(data.uniform.genome))} MACs"
             + ("" if data.uniform.distance is None else f" · distance {data.uniform.distance:.4f}"),
         ),
     }
@@ -420,6 +456,9 @@ def _meta(data: ReportData) -> str:
 def render_html(data: ReportData, figures: dict[str, Path], samples: dict[str, Path]) -> str:
     name = html.escape(data.run.path.resolve().name)
     genome = html.escape(str(list(data.best.genome)))
+    if data.joint is not None:
+        genome += f"</code> · {html.escape(data.choice(data.best.genome))} · levels <code>"
+        genome += html.escape(str(list(data.stage_levels(data.best.genome))))
     costs_title = "Pareto front" if data.front else "Cost vs distance"
     status = '<span class="badge done">finished</span>' if data.finished else '<span class="badge">in progress</span>'
     return f"""<!DOCTYPE html>

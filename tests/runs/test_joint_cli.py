@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +26,21 @@ def joint_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
+def test_the_printout_names_the_choice_and_each_method_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from diffes.cli_search import print_result
+
+    fewer = {"cost": 0.25, "distance": 0.05, "joint": {"steps": 3, "every": [1, 1], "levels": [0, 0]}}
+    best = {
+        "genome": [1, 1, 0, 0, 0], "cost": 0.25, "distance": 0.02, "samples": "s.png",
+        "joint": {"steps": 6, "every": [2, 1], "levels": [0, 0]}, "single_methods": {"fewer_steps": fewer},
+        "uniform": {"genome": [0, 0, 0, 1, 1], "cost": 0.2, "distance": 0.4},
+    }  # fmt: skip
+    print_result(SimpleNamespace(run=SimpleNamespace(path=tmp_path), exported=None, best=best))
+    out = capsys.readouterr().out
+    assert "choice:   6 steps, compute every [2, 1] step per stage, levels [0, 0]" in out
+    assert "fewer_steps alone (3 steps" in out
+
+
 def test_joint_search_scores_against_the_reference_and_reports_its_choice(joint_run: Path) -> None:
     teacher = Teacher.load(joint_run / "teacher.safetensors")
     assert teacher.steps == 12  # the 12-step reference, not the library's 6 steps
@@ -35,6 +51,12 @@ def test_joint_search_scores_against_the_reference_and_reports_its_choice(joint_
     # the pure methods seed the search and are reported on the same axis
     assert best["fewer_steps"]["steps"] == 4 and best["fewer_steps"]["cost"] == pytest.approx(4 / 12)
     assert best["distance"] <= best["fewer_steps"]["distance"] + 1e-12  # fewer steps alone is in the population
+
+
+def test_joint_report_shows_the_choice(joint_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(joint_run), "--no-baselines"]) == 0
+    page = (joint_run / "report" / "report.html").read_text()
+    assert "of 12 reference steps, compute every" in page
 
 
 def test_joint_export_loads_with_its_steps_and_cache(joint_run: Path, tmp_path: Path) -> None:
