@@ -39,6 +39,7 @@ __all__ = [
     "Rule",
     "rule_from_dict",
     "relative_l1",
+    "step_serve",
 ]
 
 REUSE = Reuse()  # the default serve: frozen, so one instance is shared safely
@@ -61,6 +62,15 @@ def _serve_dict(serve: Serve) -> dict[str, Any]:
     if isinstance(serve, Extrapolate):
         return {"serve": "extrapolate", "order": serve.order}
     return {"serve": "reuse"}
+
+
+def step_serve(name: str) -> Serve:
+    """A ``StepServe`` name as a serve: reuse, extrapolate1 or extrapolate2."""
+    if name == "reuse":
+        return REUSE
+    if name in ("extrapolate1", "extrapolate2"):
+        return Extrapolate(1 if name == "extrapolate1" else 2)
+    raise ConfigError("cache_serve", name, "use reuse, extrapolate1 or extrapolate2")
 
 
 def serve_from_dict(d: dict[str, Any]) -> Serve:

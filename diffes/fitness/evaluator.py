@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from diffes.caching.rules import StageIntervalRule
-from diffes.caching.runtime import CacheHandle, attach_cache
+from diffes.caching.rules import REUSE, StageIntervalRule
+from diffes.caching.runtime import CacheHandle, Serve, attach_cache
 from diffes.fitness.base import Metric
 from diffes.fitness.teacher import Teacher, step_generator
 from diffes.models.adapters import SamplingAdapter
@@ -100,6 +100,7 @@ class Evaluator:
     share_prefixes: bool = True
     on_scored: Callable[[], None] | None = None  # progress: called after each genome is scored
     joint: JointBudget | None = None  # the joint space; None: a genome is one level per stage
+    cache_serve: Serve = REUSE  # how a joint genome's skipped steps are served
     stats: EvaluatorStats = field(default_factory=EvaluatorStats)
     _memo: dict[Genome, float] = field(default_factory=dict)
     _cache: OrderedDict[tuple[int, Plan], _State] = field(default_factory=OrderedDict)
@@ -212,7 +213,7 @@ class Evaluator:
     def _cache_stage(self, plan: Plan) -> CacheHandle:
         """The stage's caching, by the rule and runtime the exported pipeline uses, attached for this stage only
         (it starts from an empty cache, as after a stage switch, and leaves the shared denoiser as it was)."""
-        rule = StageIntervalRule(tuple(e for _, e in plan), self._edges)
+        rule = StageIntervalRule(tuple(e for _, e in plan), self._edges, self.cache_serve)
         return attach_cache(self.adapter.denoiser, rule, self._steps, rule.stage_of)
 
     def _remember(self, prefix: tuple[int, Plan], state: _State) -> None:

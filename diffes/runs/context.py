@@ -153,7 +153,17 @@ def _context(
 ) -> RunContext:
     router = Router(adapter.denoiser, library)
     joint = budget if isinstance(budget, JointBudget) else None
+    from diffes.caching.rules import step_serve
+
+    serve = step_serve(config.search.cache_serve)
     evaluator = Evaluator(
-        adapter, router, teacher, metric, library.schedule, config.fitness.prefix_cache_mb, joint=joint
+        adapter,
+        router,
+        teacher,
+        metric,
+        library.schedule,
+        config.fitness.prefix_cache_mb,
+        joint=joint,
+        cache_serve=serve,
     )
     return RunContext(adapter, library, teacher, router, evaluator)

@@ -49,11 +49,13 @@ def export_run(run: RunDir, out: str | os.PathLike[str] | None = None, budget: f
     cache, num_steps = None, None
     if isinstance(space, JointBudget):  # the step count and the stages' caching go with the levels
         from diffes.caching import StageIntervalRule
+        from diffes.caching.rules import step_serve
 
         choice = space.decode(genome)
         genome, num_steps = choice.levels, choice.steps
         edges = tuple(library.schedule.timestep_boundaries([float(t) for t in timesteps]))
-        cache = StageIntervalRule(choice.every, edges) if max(choice.every) > 1 else None
+        serve = step_serve(config.search.cache_serve)
+        cache = StageIntervalRule(choice.every, edges, serve) if max(choice.every) > 1 else None
     schedule = RoutingSchedule.from_stages(library.schedule, timesteps, genome)
     # the run's own export is replaced whole (a resumed run exports again)
     folder, replace = (out, False) if out is not None else (run.export_dir, True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from diffes.caching import StageIntervalRule, apply_cache
+from diffes.caching.rules import step_serve
 from diffes.images import save_grid
 from diffes.pruning.library import PruningLibrary
 from diffes.routing import RoutingSchedule, apply
@@ -50,7 +51,8 @@ def sample_schedules(
             routed = apply(adapter.pipe, library, RoutingSchedule(levels, edges))
             handles.append(routed)
             if max(every) > 1:
-                handles.append(apply_cache(adapter.pipe, StageIntervalRule(every, edges), routed))
+                rule = StageIntervalRule(every, edges, step_serve(config.search.cache_serve))
+                handles.append(apply_cache(adapter.pipe, rule, routed))
         try:
             generator = torch.Generator("cpu").manual_seed(seed + 1)
             out[name] = adapter.decode(adapter.sample(cond, latents, steps, guidance, generator))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from diffes.caching.kinds import StepServe
 from diffes.errors import ConfigError
 from diffes.fields import Bool, Int, Number, Text, option
 from diffes.search.genome import Budget
@@ -40,6 +41,7 @@ class SearchConfig:
     cost: Cost = option("macs", "budget measure: macs, or latency (measured per level on this device)")
     joint: Bool = option(False, "search step count, per-stage caching and pruning together (teacher: reference_steps)")
     steps_grid: Text = option("auto", "joint: step counts to choose, e.g. 50,25,10 (auto: 6 to 100 pct of reference)")
+    cache_serve: StepServe = option("extrapolate1", "joint: a skipped step reuses (reuse) or extrapolates the outputs")
     cache_every: Int = option(3, "joint: largest per-stage cache interval (computes every 1..N-th step; 1: no caching)")
     seed: Int = option(0, "seed of every random draw of the run")
     hall_of_fame: Int = option(5, "best schedules kept in the hall of fame")
@@ -47,6 +49,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError("algorithm", self.algorithm, f"use one of {', '.join(ALGORITHMS)}")
+        if self.cache_serve not in get_args(StepServe):
+            raise ConfigError("cache_serve", self.cache_serve, f"use one of {', '.join(get_args(StepServe))}")
         if self.cost not in get_args(Cost):
             raise ConfigError("cost", self.cost, f"use one of {', '.join(get_args(Cost))}")
         _check_int("population", self.population, 2)
