@@ -268,9 +268,12 @@ class TeaCacheRule:
     coefficients: tuple[float, ...] = (1.0, 0.0)
     bn: int = 0
     num_steps: int | None = None  # the step count it was calibrated at
+    max_skips: int | None = None  # at most this many skipped steps in a row (None: no limit, as TeaCache)
 
     def __post_init__(self) -> None:
         _check_threshold(self.threshold)
+        if self.max_skips is not None and (isinstance(self.max_skips, bool) or self.max_skips < 0):
+            raise ConfigError("max_skips", self.max_skips, "use a whole number >= 0, or none for no limit")
         object.__setattr__(self, "coefficients", tuple(float(c) for c in self.coefficients))
         if not self.coefficients or not all(math.isfinite(c) for c in self.coefficients):
             raise ConfigError("coefficients", list(self.coefficients), "give finite polynomial coefficients")
@@ -298,6 +301,7 @@ class TeaCacheRule:
             "coefficients": list(self.coefficients),
             "bn": self.bn,
             "num_steps": self.num_steps,
+            "max_skips": self.max_skips,
         }
 
 
@@ -318,6 +322,7 @@ class _TeaCachePolicy:
     def reset(self) -> None:
         self.previous: torch.Tensor | None = None
         self.accumulated = 0.0
+        self.skips = 0
 
     def decide(self, info: StepInfo, signal: torch.Tensor | None, can_skip: bool) -> bool:
         assert signal is not None
@@ -326,9 +331,12 @@ class _TeaCachePolicy:
             assert self.previous is not None
             self.accumulated += self.rule.rescale(relative_l1(signal, self.previous))
         self.previous = signal
-        compute = edge or not can_skip or self.accumulated >= self.rule.threshold
+        capped = self.rule.max_skips is not None and self.skips >= self.rule.max_skips
+        compute = edge or not can_skip or capped or self.accumulated >= self.rule.threshold
         if compute:
-            self.accumulated = 0.0
+            self.accumulated, self.skips = 0.0, 0
+        else:
+            self.skips += 1
         return compute
 
 
@@ -411,7 +419,8 @@ def rule_from_dict(d: dict[str, Any]) -> Rule:
     if kind == "teacache":
         steps = d.get("num_steps")
         coefficients = tuple(d.get("coefficients", (1.0, 0.0)))
-        return TeaCacheRule(float(d.get("threshold", 0.1)), coefficients, int(d.get("bn", 0)), steps)
+        skips = d.get("max_skips")
+        return TeaCacheRule(float(d.get("threshold", 0.1)), coefficients, int(d.get("bn", 0)), steps, skips)
     if kind == "magcache":
         return MagCacheRule(
             tuple(d.get("ratios", ())),

@@ -159,8 +159,10 @@ def test_teacache_computes_when_the_accumulated_estimate_reaches_the_threshold()
     assert all(abs(c - 0.1) < 1e-6 for c in changes)
     rule = TeaCacheRule(0.25, (2.0, 0.0))  # rescaled: 0.2 per step, so every second skip reaches 0.25
     assert _decisions(rule, signals) == [True, False, True, False, True, False, True, True]
-    # a threshold no step reaches: only the first and last steps compute
+    # a threshold no step reaches: only the first and last steps compute, unless skips in a row are capped
     assert _decisions(TeaCacheRule(9.0, (1.0, 0.0)), signals) == [True] + [False] * 6 + [True]
+    capped = TeaCacheRule(9.0, (1.0, 0.0), max_skips=2)
+    assert _decisions(capped, signals) == [True, False, False, True, False, False, True, True]
 
 
 def test_magcache_and_first_block_follow_their_definitions() -> None:
@@ -174,7 +176,7 @@ def test_magcache_and_first_block_follow_their_definitions() -> None:
 
 
 def test_rules_round_trip_and_bad_values_are_one_line_errors() -> None:
-    for rule in [*STEP_RULES, *BLOCK_RULES, TeaCacheRule(0.2, (1.0, 2.0, 3.0), 1, 20)]:
+    for rule in [*STEP_RULES, *BLOCK_RULES, TeaCacheRule(0.2, (1.0, 2.0, 3.0), 1, 20, max_skips=3)]:
         assert rule_from_dict(rule.to_dict()) == rule
     bad = [
         (lambda: rule_from_dict({"rule": "fastcache"}), "cache_rule='fastcache'"),
