@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffes.caching.base import Residual, Reuse, Serve, Signal
 from diffes.caching.kinds import CalibratedRule
 from diffes.caching.rules import MagCacheRule, Rule, TeaCacheRule, rule_from_dict
-from diffes.caching.runtime import Residual, Reuse, Serve, Signal, apply_cache
+from diffes.caching.runtime import apply_cache
 from diffes.errors import CheckpointError, ConfigError
 from diffes.models.steps import StepInfo
 from diffes.pruning.calibration import first_tensor

@@ -14,11 +14,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from diffes.caching.base import CacheRule, Extrapolate, Policy, Residual, Reuse, Serve
 from diffes.caching.blocks import Block, Streams, check_modulated_input, modulated_input, transformer_blocks
 from diffes.errors import ConfigError
 from diffes.models.steps import StepAwareHook, StepHookHandle, StepInfo, attach_denoiser_hook, attach_hook
@@ -29,8 +30,6 @@ __all__ = [
     "Extrapolate",
     "Residual",
     "Serve",
-    "Signal",
-    "Policy",
     "CacheRule",
     "Action",
     "CacheSummary",
@@ -42,60 +41,6 @@ __all__ = [
 
 HOOK_NAME = "diffes_cache"
 BLOCK_HOOK_NAME = "diffes_cache_block"
-
-
-@dataclass(frozen=True)
-class Reuse:
-    """A skipped step returns the last computed output of its branch."""
-
-
-@dataclass(frozen=True)
-class Extrapolate:
-    """A skipped step extrapolates the last computed outputs in the step index (order 1 or 2, as TaylorSeer)."""
-
-    order: Literal[1, 2] = 1
-
-    def __post_init__(self) -> None:
-        if self.order not in (1, 2):
-            raise ConfigError("cache_order", self.order, "use order 1 or 2")
-
-
-@dataclass(frozen=True)
-class Residual:
-    """A skipped step computes the first ``fn`` and the last ``bn`` blocks and adds the cached residual of the
-    blocks between them."""
-
-    fn: int = 1
-    bn: int = 0
-
-    def __post_init__(self) -> None:
-        for name, value in (("cache_fn", self.fn), ("cache_bn", self.bn)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(name, value, "use a whole number of blocks >= 0")
-
-
-Serve = Reuse | Extrapolate | Residual
-Signal = Literal["none", "modulated_input", "head_residual"]
-
-
-class Policy(Protocol):
-    """A rule's per-branch decision state; ``decide`` returns True to compute the step."""
-
-    def decide(self, info: StepInfo, signal: torch.Tensor | None, can_skip: bool) -> bool: ...
-
-    def reset(self) -> None: ...
-
-
-class CacheRule(Protocol):
-    @property
-    def serve(self) -> Serve: ...
-
-    @property
-    def signal(self) -> Signal: ...
-
-    def policy(self) -> Policy: ...
-
-    def check_steps(self, num_steps: int) -> None: ...
 
 
 class Action(enum.Enum):
