@@ -19,6 +19,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
     from tqdm.auto import tqdm
 
+    from diffes.cli_cache import apply_cache_file, read_cache_file
     from diffes.images import save_grid
     from diffes.io import check_file_path
     from diffes.models.adapters import Guidance, adapter_for
@@ -33,8 +34,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if prompts and args.classes is not None:
         raise ConfigError("classes", args.classes, "give classes or prompts, not both")
     conditions: list[object] = list(prompts) if prompts else list(parse_classes(args.classes or "0-9"))
+    cache_rule = read_cache_file(args.cache, args.cache_threshold) if args.cache else None
     pipe = _generate_pipeline(args)
     steps = args.steps or _default_steps(args)
+    if cache_rule is not None:
+        pipe.__dict__["_diffes_cache"] = apply_cache_file(pipe, *cache_rule, steps)
     adapter = adapter_for(pipe, args.height, args.width)
     if (adapter.conditioning == "prompts") != bool(prompts):
         wanted = "prompts (--prompt or --prompts)" if adapter.conditioning == "prompts" else "classes (--classes)"
@@ -158,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32", help="float32, float16 (CUDA) or bfloat16")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    gen.add_argument("--cache", default=None, help="a cache rule JSON, or a calibration from calibrate-cache")
+    gen.add_argument("--cache-threshold", type=float, default=None, help="override the cache rule's threshold")
     gen.add_argument("-o", "--output", default="grid.png", help="output PNG")
     gen.set_defaults(func=cmd_generate)
 

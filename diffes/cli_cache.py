@@ -8,7 +8,7 @@ from typing import Any, get_type_hints
 
 from diffes.errors import ConfigError
 
-__all__ = ["add_cache_commands"]
+__all__ = ["add_cache_commands", "read_cache_file", "apply_cache_file"]
 
 # the run-config flags this command shares with `diffes search` (same names, help and validation)
 SHARED = ("probes", "probe_seed", "guidance", "guidance_kind", "guidance_rescale")
@@ -88,3 +88,37 @@ def cmd_calibrate_cache(args: argparse.Namespace) -> None:
         warnings.append(f"the run samples {run_steps} steps but this calibration is for {args.steps}")
     for line in warnings:
         print(f"warning: {line}")
+
+
+def read_cache_file(path: str, threshold: float | None) -> tuple[Any, Any]:
+    """A cache rule from a JSON file (a rule's ``to_dict()`` or a ``calibrate-cache`` output), with the threshold
+    overridden, and the calibration it came from (None for a plain rule). Checked before any model loads."""
+    import dataclasses
+
+    from diffes.caching import Calibration, rule_from_dict
+    from diffes.errors import CheckpointError
+    from diffes.io import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a cache rule or calibration (a JSON object with a rule); write one")
+    calibration = Calibration.from_dict(data, path) if "calibration" in data else None
+    rule = calibration.rule if calibration is not None else rule_from_dict(data)
+    if threshold is not None:
+        if not hasattr(rule, "threshold"):
+            raise ConfigError("cache_threshold", threshold, f"the {rule.name} rule has no threshold; drop the flag")
+        rule = dataclasses.replace(rule, threshold=threshold)
+    return rule, calibration
+
+
+def apply_cache_file(pipe: Any, rule: Any, calibration: Any, steps: int) -> Any:
+    """Attach ``rule`` to ``pipe`` (inside its routing, if it is routed) once it fits the model and step count."""
+    from diffes.caching import apply_cache
+    from diffes.models.steps import find_denoiser
+
+    if calibration is not None:
+        calibration.check_for(type(find_denoiser(pipe)[1]).__name__, steps)
+    rule.check_steps(steps)  # a mask of another length, a calibration for other steps: refused before sampling
+    if "_diffes_cache" in pipe.__dict__:
+        raise ConfigError("cache", "given twice", "this routed checkpoint carries its own cache rule; drop --cache")
+    return apply_cache(pipe, rule, pipe.__dict__.get("_diffes_routing"))

@@ -79,3 +79,30 @@ def test_bad_calibrations_are_one_line_errors(tmp_path: Path, capsys: pytest.Cap
     out.write_text('{"rule": {"rule": "teacache"}}')
     with pytest.raises(CheckpointError, match="not a diffes cache calibration"):
         Calibration.load(out)
+
+
+def test_generate_applies_a_rule_file_and_refuses_a_wrong_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    calibration, grid = tmp_path / "cal.json", tmp_path / "grid.png"
+    assert main([*ARGS, "--rule", "teacache", "--out", str(calibration)]) == 0
+    rules = {
+        "unknown.json": {"rule": "fastcache"},
+        "mask.json": {"rule": "mask", "computed": [1, 0, 1, 0, 1, 0, 1]},
+    }
+    for name, rule in rules.items():
+        (tmp_path / name).write_text(json.dumps(rule))
+    common = ["generate", "--classes", "1", "--per-condition", "1", "-o", str(grid)]
+    cases = [
+        ([*common, "--steps", "6", "--cache", str(calibration)], "steps=6: the calibration was made at 4 steps"),
+        ([*common, "--steps", "4", "--cache", str(calibration), "--cache-threshold", "50"], "cache_threshold=50.0"),
+        ([*common, "--steps", "4", "--cache", str(tmp_path / "unknown.json")], "cache_rule='fastcache'"),
+        ([*common, "--steps", "4", "--cache", str(tmp_path / "mask.json")], "cache_mask=7"),
+        ([*common, "--model", "unet-digits", "--steps", "4", "--cache", str(calibration)], "calibration="),
+    ]
+    capsys.readouterr()
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not grid.exists()
+    assert main([*common, "--steps", "4", "--cache", str(calibration), "--cache-threshold", "0.5"]) == 0
+    assert "cache: " in capsys.readouterr().out and grid.is_file()
