@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,15 +28,17 @@ from benchmarks.common import environment, save
 from diffes.fitness import class_accuracy
 from diffes.fitness.evaluator import Evaluator
 from diffes.fitness.teacher import Teacher, make_probes
-from diffes.runs import RunConfig, RunDir, start_run
+from diffes.runs import RunConfig, RunDir
 from diffes.runs.context import load_context
-from diffes.runs.job import macs_fraction
+from diffes.runs.job import macs_fraction, run_new
 
 RESULTS = Path(__file__).parent / "results"
 HELDOUT_SEED, SEARCH_SEED = 1000, 7
 
 
-def run_search(model: str, budget: float, root: Path, args: argparse.Namespace) -> RunDir:
+def run_search(model: str, budget: float, root: Path, args: argparse.Namespace, prepared: RunDir | None) -> RunDir:
+    """One joint search; the library, teacher and joint space of ``prepared`` (same model and settings, another
+    budget) are copied in, so only the first budget builds them."""
     values = {
         "model": model, "joint": True, "reference_steps": args.reference_steps, "steps_grid": "auto",
         "cache_every": 3, "stages": args.stages, "steps": args.steps, "calibration_samples": args.calibration,
@@ -43,7 +46,13 @@ def run_search(model: str, budget: float, root: Path, args: argparse.Namespace) 
         "generations": args.generations, "budget": budget, "export": False, "runs_dir": str(root),
         "name": f"joint-{budget}",
     }  # fmt: skip
-    return start_run(RunConfig.from_dict(values), progress=False).run
+    config = RunConfig.from_dict(values).resolved()
+    run = RunDir.create(config)
+    if prepared is not None:
+        shutil.copytree(prepared.library_dir, run.library_dir)
+        for name in ("teacher.safetensors", "teacher.json", "joint.json"):
+            shutil.copy2(prepared.path / name, run.path / name)
+    return run_new(run, progress=False).run
 
 
 def held_out(ctx: Any, teacher: Teacher, labels: torch.Tensor, genomes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -83,11 +92,11 @@ def best_single(points: list[dict[str, Any]], cost: float) -> dict[str, Any] | N
 
 
 def run_model(model: str, args: argparse.Namespace, singles: list[dict[str, Any]]) -> dict[str, Any]:
-    rows = []
+    rows, prepared = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for budget in args.budgets:
             start = time.perf_counter()
-            run = run_search(model, budget, Path(tmp), args)
+            run = prepared = run_search(model, budget, Path(tmp), args, prepared)
             ctx = load_context(str(run.path))
             conditions = list(range(10))
             probes = make_probes(ctx.adapter, conditions, args.per_class, HELDOUT_SEED, ctx.teacher.guidance)
@@ -154,13 +163,13 @@ def main(args: argparse.Namespace) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="dit-digits")
-    parser.add_argument("--budgets", default="0.5,0.25,0.14,0.1")
+    parser.add_argument("--budgets", default="0.5,0.25,0.125")
     parser.add_argument("--reference-steps", type=int, default=50)
     parser.add_argument("--stages", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help="the library's calibration steps")
     parser.add_argument("--calibration", type=int, default=16)
-    parser.add_argument("--population", type=int, default=16)
-    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--population", type=int, default=12)
+    parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=4)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", default=None, help="results name in benchmarks/results")
