@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["count_macs", "module_macs", "count_params", "measure_latency"]
+__all__ = ["count_macs", "module_macs", "count_params", "measure_latency", "meta_copy"]
 
 
 def _cpu_sdpa_flops(
@@ -39,6 +40,16 @@ def module_macs(model: nn.Module, call: Callable[[nn.Module], object], names: li
     counts = counter.get_flop_counts()  # keyed by the module path under the root's class name
     root = type(model).__name__
     return {n: sum(counts.get(f"{root}.{n}" if n else root, {}).values()) // 2 for n in names}
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device: every shape, attribute and hook, no storage (and no copy of the
+    weights on the way), for counting what a pruned copy costs without holding one."""
+    memo: dict[int, object] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(model, memo)
 
 
 def count_params(model: nn.Module) -> int:

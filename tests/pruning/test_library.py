@@ -10,6 +10,7 @@ from diffes.cli import main
 from diffes.errors import ConfigError, UnsupportedModelError
 from diffes.pruning import LevelGrid, PruningConfig, PruningLibrary, build_library, prune_copy, trace_structure
 from diffes.pruning.cost import count_macs, count_params
+from diffes.pruning.library import level_costs
 from diffes.stages import StageSchedule
 
 
@@ -64,6 +65,20 @@ def test_costs_are_counted_on_the_pruned_module(library: PruningLibrary) -> None
     assert macs == sorted(macs, reverse=True) and macs[-1] < 0.4 * macs[0]
     library.measure_latency(model, call, repeats=3)
     assert all(c.latency and c.latency > 0 for c in library.costs)
+
+
+def test_costs_fall_back_to_real_copies(library: PruningLibrary, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build counts on meta-device copies (no weights held; the test above checks them against real pruned
+    copies); a model the meta device cannot run is counted on real copies, to the same MACs and parameters."""
+    model = zoo_pipeline("dit-digits", trained=True).denoiser
+    example = ((torch.randn(2, 1, 8, 8), torch.tensor([500, 500])), {"class_labels": torch.tensor([3, 3])})
+    built = [(c.macs, c.params) for c in library.costs]
+
+    def no_meta(model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError("no meta kernel")
+
+    monkeypatch.setattr("diffes.pruning.library.meta_copy", no_meta)
+    assert [(c.macs, c.params) for c in level_costs(model, library, example)] == built
 
 
 def test_plan_cache_is_bounded(library: PruningLibrary) -> None:
