@@ -163,8 +163,9 @@ class GramSums:
         self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
 
     def result(self) -> dict[str, torch.Tensor]:
-        means = {n: (self.sums[n] / self.counts[n]).cpu() for n in self.consumers}
-        self.sums, self.counts = {}, {}
+        # divided in place: a stage's float64 sums are the largest thing a build holds; never hold them twice
+        means = {n: self.sums.pop(n).div_(self.counts[n]).cpu() for n in self.consumers}
+        self.counts = {}
         return means
 
 
@@ -276,8 +277,9 @@ class _Stream(StepAwareHook):
         if self.blocks is not None:
             result.depth.append(self.blocks.result(self.calls))
         if config.compensate and grams is not None:
-            # kept (and saved) in float32: a library read back from disk then compensates identically
-            result.grams.append({name: g.float() for name, g in grams.items()})
+            # kept (and saved) in float32: a library read back from disk then compensates identically; each
+            # float64 Gram is let go as soon as its float32 copy exists
+            result.grams.append({name: grams.pop(name).float() for name in list(grams)})
         self.calls, self.stage = 0, -1
         self.progress.update(1)
 
