@@ -70,24 +70,40 @@ class IntervalRule:
 
 @dataclass(frozen=True)
 class StageIntervalRule:
-    """Per stage, compute every ``every[stage]``-th step counted from the stage's first step (which computes:
-    a stage switch drops the cache). ``edges``: the stage edges in timestep units, as routing uses them. What
-    a joint search exports."""
+    """Per stage, compute every ``every[stage]``-th step, counted from the start of the stage's *segment*: a run
+    of stages that computes with the same weights (``segments[s]``: stages with one id share their cache; by
+    default each stage is its own). A segment's first step computes, since a plan switch drops the cache.
+    ``edges``: the stage edges in timestep units, as routing uses them. What a joint search exports."""
 
     name: ClassVar[RuleName] = "stage_interval"
     signal: ClassVar[Signal] = "none"
     every: tuple[int, ...]
     edges: tuple[float, ...]
     serve: Serve = REUSE
+    segments: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "every", tuple(int(e) for e in self.every))
         object.__setattr__(self, "edges", tuple(float(e) for e in self.edges))
         if len(self.edges) != len(self.every) - 1 or any(e < 1 for e in self.every):
             raise ConfigError("cache_every", list(self.every), "give one interval >= 1 per stage")
+        if self.segments is not None:
+            object.__setattr__(self, "segments", tuple(int(x) for x in self.segments))
+            if len(self.segments) != len(self.every):
+                raise ConfigError("segments", list(self.segments), "give one segment id per stage")
+
+    @staticmethod
+    def segments_of(levels: tuple[int, ...]) -> tuple[int, ...]:
+        """Dense stages (level 0) compute with the same weights, so their cache carries over; a pruned stage's
+        plan is its own (per-stage importance and compensation)."""
+        return tuple(-1 if level == 0 else s for s, level in enumerate(levels))
 
     def stage_of(self, info: StepInfo) -> int:
         return stage_of_timestep(info.timestep, self.edges)
+
+    def segment_of(self, info: StepInfo) -> int:
+        stage = self.stage_of(info)
+        return self.segments[stage] if self.segments is not None else stage
 
     def policy(self) -> _StageIntervalPolicy:
         return _StageIntervalPolicy(self)
@@ -96,7 +112,12 @@ class StageIntervalRule:
         pass
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.name, "every": list(self.every), "edges": list(self.edges)} | serve_to_dict(self.serve)
+        segments = {} if self.segments is None else {"segments": list(self.segments)}
+        return (
+            {"rule": self.name, "every": list(self.every), "edges": list(self.edges)}
+            | segments
+            | serve_to_dict(self.serve)
+        )
 
 
 class _StageIntervalPolicy:
@@ -105,7 +126,7 @@ class _StageIntervalPolicy:
         self.reset()
 
     def reset(self) -> None:
-        self.count = 0  # steps seen since the stage began (the runtime resets policies at stage switches)
+        self.count = 0  # steps seen since the segment began (the runtime resets policies when it changes)
 
     def decide(self, info: StepInfo, signal: torch.Tensor | None, can_skip: bool) -> bool:
         compute = self.count % self.rule.every[self.rule.stage_of(info)] == 0
@@ -172,7 +193,8 @@ def rule_from_dict(d: dict[str, Any]) -> Rule:
     if kind == "interval":
         return IntervalRule(int(d.get("every", 2)), serve_from_dict(d), bool(d.get("compute_last", False)))
     if kind == "stage_interval":
-        return StageIntervalRule(tuple(d["every"]), tuple(d["edges"]), serve_from_dict(d))
+        segments = tuple(d["segments"]) if d.get("segments") is not None else None
+        return StageIntervalRule(tuple(d["every"]), tuple(d["edges"]), serve_from_dict(d), segments)
     if kind == "mask":
         return MaskRule(tuple(bool(c) for c in d["computed"]), serve_from_dict(d))
     if kind == "firstblock":

@@ -4,13 +4,15 @@ extrapolates from the last outputs (TaylorSeer), or reuses the residual of a spa
 
 Which of these a step gets is a rule's decision (``diffes.caching.rules``); the runtime owns the state.
 State is kept per guidance branch (the i-th denoiser call of a step is branch i), and is dropped whenever
-the stage changes: a residual cached under one pruning plan is stale under the next, so the first step of
-every stage computes. Sharing the step source with routing is what lets both run on one pipeline; attach
-routing first, so a reused call skips routing along with the forward.
+the weights change: a residual cached under one pruning plan is stale under the next, so the first step
+after a plan switch computes (dense stages share the dense weights and keep their cache). Sharing the step
+source with routing is what lets both run on one pipeline; attach routing first, so a reused call skips
+routing along with the forward.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +82,14 @@ class BranchCache:
         self.batch = -1
         self.policy.reset()
 
+    def copy(self) -> BranchCache:
+        twin = copy.copy(self)
+        twin.outputs, twin.policy = list(self.outputs), copy.copy(self.policy)
+        return twin
+
+    def nbytes(self) -> int:
+        return sum(first_tensor(o).numel() * first_tensor(o).element_size() for _, o in self.outputs)
+
     def can_skip(self, serve: Serve) -> bool:
         return self.residual is not None if isinstance(serve, Residual) else bool(self.outputs)
 
@@ -137,6 +147,13 @@ class CacheState:
         self.branches: list[BranchCache] = []
         self.active: _Active | None = None
         # the summary stays: pipelines reset stateful hooks when a call ends, and the call's counts must outlive it
+
+    def snapshot(self) -> CacheState:
+        """A copy to continue from later (the evaluator keeps one per cached stage boundary)."""
+        snap = copy.copy(self)
+        snap.branches = [branch.copy() for branch in self.branches]
+        snap.summary = CacheSummary()
+        return snap
 
     def branch(self, index: int) -> BranchCache:
         while len(self.branches) <= index:
@@ -297,6 +314,15 @@ class CacheHandle:
     def reset(self) -> None:
         self.hook.state.reset()
 
+    def resume(self, snapshot: CacheState) -> None:
+        """Continue from a snapshot taken under another rule of the same kind (the evaluator's per-genome rules):
+        the policies keep their counters and read this handle's rule from now on."""
+        self.hook.state = snapshot.snapshot()
+        self.hook.state.new_policy = self.hook.rule.policy
+        for branch in self.hook.state.branches:
+            if hasattr(branch.policy, "rule"):
+                branch.policy.rule = self.hook.rule  # type: ignore[attr-defined]
+
     def set_rule(self, rule: CacheRule) -> None:
         """Swap in another step-level rule (the evaluator's per-genome caching), with fresh state."""
         if isinstance(rule.serve, Residual) or isinstance(self.hook.rule.serve, Residual):
@@ -345,6 +371,16 @@ def _attach(hook: CacheHook, denoiser: torch.nn.Module, attach: Callable[[], Ste
     return CacheHandle(hook, handle, [block.module for block, _, _ in span])
 
 
+def _plan_of(schedule: Any) -> Callable[[StepInfo], object]:
+    """Which weights a step computes with: the dense model (level 0, the same in every stage) or its stage's plan."""
+
+    def plan(info: StepInfo) -> object:
+        stage = schedule.stage_at(info.timestep)
+        return "dense" if schedule.levels[stage] == 0 else stage
+
+    return plan
+
+
 def attach_cache(
     denoiser: torch.nn.Module, rule: CacheRule, steps: Any, stage_of: Callable[[StepInfo], object] | None = None
 ) -> CacheHandle:
@@ -358,8 +394,8 @@ def apply_cache(pipe: Any, rule: CacheRule, routed: Any = None) -> CacheHandle:
     handle of ``diffes.routing.apply``), cached state is dropped at each of its stage switches."""
     from diffes.models.steps import find_denoiser
 
-    stage_of = None if routed is None else (lambda info: routed.schedule.stage_at(info.timestep))
-    if stage_of is None:
-        stage_of = getattr(rule, "stage_of", None)  # a rule with stages of its own drops state at their edges
+    stage_of = getattr(rule, "segment_of", None)  # a rule with stages of its own drops state at their edges
+    if stage_of is None and routed is not None:
+        stage_of = _plan_of(routed.schedule)
     hook = CacheHook(rule, stage_of)
     return _attach(hook, find_denoiser(pipe)[1], lambda: attach_hook(pipe, hook, HOOK_NAME))

@@ -8,8 +8,8 @@ for bit.
 
 A joint genome (``diffes.search.joint``) also chooses the step count and, per stage, how often to compute;
 its trajectories are keyed by step count, and cached steps run through the same cache runtime (and rule)
-that serves the exported pipeline. A stage switch drops the cache, so a stage boundary holds no cache state
-and prefix sharing stays exact.
+that serves the exported pipeline. A stage boundary keeps a snapshot of the cache with the latents (it runs on
+across dense stages), so prefix sharing stays exact.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from diffes.caching.rules import REUSE, StageIntervalRule
-from diffes.caching.runtime import CacheHandle, Serve, attach_cache
+from diffes.caching.runtime import CacheHandle, CacheState, Serve, attach_cache
 from diffes.fitness.base import Metric
 from diffes.fitness.teacher import Teacher, step_generator
 from diffes.models.adapters import SamplingAdapter
@@ -57,15 +57,17 @@ class _State:
     latents: torch.Tensor
     scheduler: Any
     generator: torch.Generator
+    cache: CacheState | None = None  # a joint genome's step cache, which runs on across dense stages
 
     def nbytes(self) -> int:
         tensors = [self.latents, *_tensors(vars(self.scheduler))]
-        return sum(t.numel() * t.element_size() for t in tensors) + self.generator.get_state().numel()
+        cached = sum(b.nbytes() for b in self.cache.branches) if self.cache is not None else 0
+        return sum(t.numel() * t.element_size() for t in tensors) + self.generator.get_state().numel() + cached
 
     def copy(self) -> _State:
         generator = torch.Generator(self.generator.device)
         generator.set_state(self.generator.get_state())
-        return _State(self.latents, clone_scheduler(self.scheduler), generator)
+        return _State(self.latents, clone_scheduler(self.scheduler), generator, self.cache)
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
@@ -192,29 +194,39 @@ class Evaluator:
         steps = track.ranges[stage]
         if not steps:  # this step count puts no step in the stage
             return state
-        level, every = plan[stage]
+        level, _ = plan[stage]
         if self.router.current != (stage, level):
             self.stats.switches += 1
         self.router.set_level(stage, level)
         state = state.copy()  # a cached boundary state is shared by every genome with that prefix
         latents, guidance = state.latents, self.teacher.guidance
-        cache = self._cache_stage(plan) if every > 1 else None
+        # every joint stage runs with the cache attached (even at interval 1): the boundary state it leaves must
+        # not depend on what later stages do, or shared prefixes would differ from naive runs
+        cache = self._cache_stage(plan, state.cache) if self.joint is not None else None
         try:
             for step in steps:
                 t = track.timesteps[step]
                 self._steps.set(step, len(track.timesteps), float(t))
                 latents = self.adapter.step(state.scheduler, latents, t, self._prepared, guidance, state.generator)
-                self.stats.denoiser_calls += (step - steps.start) % every == 0
+            computed = cache.summary.computed if cache is not None else len(steps)
+            self.stats.denoiser_calls += computed
         finally:
             if cache is not None:
                 cache.remove()
-        return _State(latents, state.scheduler, state.generator)
+        snapshot = cache.hook.state.snapshot() if cache is not None else None
+        return _State(latents, state.scheduler, state.generator, snapshot)
 
-    def _cache_stage(self, plan: Plan) -> CacheHandle:
+    def _cache_stage(self, plan: Plan, carried: CacheState | None) -> CacheHandle:
         """The stage's caching, by the rule and runtime the exported pipeline uses, attached for this stage only
-        (it starts from an empty cache, as after a stage switch, and leaves the shared denoiser as it was)."""
-        rule = StageIntervalRule(tuple(e for _, e in plan), self._edges, self.cache_serve)
-        return attach_cache(self.adapter.denoiser, rule, self._steps, rule.stage_of)
+        (leaving the shared denoiser as it was) and continuing from the cache the previous stage left; the runtime
+        drops it there if the weights changed."""
+        levels = tuple(level for level, _ in plan)
+        every = tuple(e for _, e in plan)
+        rule = StageIntervalRule(every, self._edges, self.cache_serve, StageIntervalRule.segments_of(levels))
+        handle = attach_cache(self.adapter.denoiser, rule, self._steps, rule.segment_of)
+        if carried is not None:
+            handle.resume(carried)
+        return handle
 
     def _remember(self, prefix: tuple[int, Plan], state: _State) -> None:
         old = self._cache.pop(prefix, None)

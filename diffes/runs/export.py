@@ -55,7 +55,8 @@ def export_run(run: RunDir, out: str | os.PathLike[str] | None = None, budget: f
         genome, num_steps = choice.levels, choice.steps
         edges = tuple(library.schedule.timestep_boundaries([float(t) for t in timesteps]))
         serve = step_serve(config.search.cache_serve)
-        cache = StageIntervalRule(choice.every, edges, serve) if max(choice.every) > 1 else None
+        segments = StageIntervalRule.segments_of(choice.levels)
+        cache = StageIntervalRule(choice.every, edges, serve, segments) if max(choice.every) > 1 else None
     schedule = RoutingSchedule.from_stages(library.schedule, timesteps, genome)
     # the run's own export is replaced whole (a resumed run exports again)
     folder, replace = (out, False) if out is not None else (run.export_dir, True)

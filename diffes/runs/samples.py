@@ -51,7 +51,8 @@ def sample_schedules(
             routed = apply(adapter.pipe, library, RoutingSchedule(levels, edges))
             handles.append(routed)
             if max(every) > 1:
-                rule = StageIntervalRule(every, edges, step_serve(config.search.cache_serve))
+                serve, segments = step_serve(config.search.cache_serve), StageIntervalRule.segments_of(levels)
+                rule = StageIntervalRule(every, edges, serve, segments)
                 handles.append(apply_cache(adapter.pipe, rule, routed))
         try:
             generator = torch.Generator("cpu").manual_seed(seed + 1)

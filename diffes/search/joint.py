@@ -8,7 +8,8 @@ Stages are fixed in timestep units (the library's stage edges), so the steps of 
 
 The cost is denoiser MACs per image as a fraction of the dense reference run (``reference_steps`` steps):
 fewer steps, reused steps and pruned width all count on that one axis. The first step of every stage
-computes (a stage switch drops the cache), so a stage of n steps at interval e computes ceil(n / e) steps.
+computes when the weights change there (a plan switch drops the cache; consecutive dense stages share the
+dense weights, so their count runs on), as ``StageIntervalRule`` counts it.
 """
 
 from __future__ import annotations
@@ -82,10 +83,17 @@ class JointBudget:
         return (self.steps_grid.index(steps), *(e - 1 for e in every), *levels)
 
     def computed_steps(self, genome: Sequence[int]) -> tuple[int, ...]:
-        """Per stage, the steps that run the denoiser."""
+        """Per stage, the steps that run the denoiser: as the cache rule counts them, every ``every``-th step from
+        the start of a segment (consecutive dense stages are one segment: they share the dense weights)."""
         j = self.decode(genome)
         lengths = self.stage_lengths[int(genome[0])]
-        return tuple(math.ceil(n / e) for n, e in zip(lengths, j.every))
+        out, count, segment = [], 0, None
+        for stage, (n, every, level) in enumerate(zip(lengths, j.every, j.levels)):
+            if n and (-1 if level == 0 else stage) != segment:  # a stage without steps switches nothing
+                count, segment = 0, (-1 if level == 0 else stage)
+            out.append(sum(1 for i in range(n) if (count + i) % every == 0))
+            count += n
+        return tuple(out)
 
     def cost(self, genome: Sequence[int]) -> float:
         j = self.decode(genome)

@@ -122,6 +122,12 @@ def test_cached_state_does_not_leak_across_a_stage_switch() -> None:
     assert cache.summary.invalidations == 1
     cache.remove()
     routed.remove()
+    dense = apply(pipe, library, RoutingSchedule((0, 0), schedule.edges))  # one set of weights: nothing to drop
+    cache = apply_cache(pipe, IntervalRule(100), dense)
+    run()
+    assert cache.summary.actions == ["compute", "reuse", "reuse", "reuse"] and cache.summary.invalidations == 0
+    cache.remove()
+    dense.remove()
 
 
 class _Echo(torch.nn.Module):
