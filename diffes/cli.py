@@ -74,8 +74,8 @@ def _generate_pipeline(args: argparse.Namespace) -> object:
     if args.routed:
         from diffes.routing import load_routed
 
-        return load_routed(args.routed, device=args.device)
-    return load_pipeline(args.model, device=args.device, dtype=args.dtype)
+        return load_routed(args.routed, device=args.device, dtype=args.dtype)
+    return load_pipeline(args.model, device=args.device, dtype=args.dtype or "float32")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale (SD/SDXL)")
     gen.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
     gen.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
-    gen.add_argument("--dtype", default="float32", help="float32, float16 (CUDA) or bfloat16")
+    gen.add_argument(
+        "--dtype", default=None, help="float32 (default; a routed checkpoint's own), float16 (CUDA) or bfloat16"
+    )
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     gen.add_argument("--cache", default=None, help="a cache rule JSON, or a calibration from calibrate-cache")

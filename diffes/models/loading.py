@@ -71,9 +71,9 @@ def load_pipeline_folder(path: Path, dtype: torch.dtype | None = None) -> Any:
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    # float32 is what from_pretrained gives anyway; naming it makes diffusers 0.42 warn that torch_dtype is deprecated
+    # diffusers 0.42 takes `dtype` (its `torch_dtype` is deprecated and warns on every load); float32 is its default
     half = dtype is not None and dtype != torch.float32
-    kwargs = {"local_files_only": True} | ({"torch_dtype": dtype} if half else {})
+    kwargs = {"local_files_only": True} | ({"dtype": dtype} if half else {})
     cls = ZooPipeline if families.pipeline_class(path) == ZooPipeline.__name__ else DiffusionPipeline
     # no 'Loading pipeline components' bar: progress bars belong to diffes' own long steps
     was_enabled = diffusers_logging.is_progress_bar_enabled()
