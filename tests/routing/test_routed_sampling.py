@@ -35,11 +35,12 @@ def sample(pipe: Any) -> torch.Tensor:
     return torch.as_tensor(run_tiny(pipe, STEPS))
 
 
-@pytest.mark.parametrize(
-    "model_class",
-    ["dit-digits", "unet-digits", "DiTTransformer2DModel", "PixArtTransformer2DModel", "UNet2DConditionModel"],
-)
-@pytest.mark.parametrize("nested", [False, True])
+# both orders on the zoo DiT, each other model once (the suite has a time limit)
+SAMPLED = [("dit-digits", False), ("dit-digits", True), ("unet-digits", True), ("DiTTransformer2DModel", False)]
+SAMPLED += [("PixArtTransformer2DModel", True), ("UNet2DConditionModel", False)]
+
+
+@pytest.mark.parametrize(("model_class", "nested"), SAMPLED)
 def test_routed_run_equals_stitched_copies(model_class: str, nested: bool) -> None:
     pipe = PIPELINES[model_class]()
     config = PruningConfig(importance="taylor", nested=nested, stages=3, steps=STEPS, calibration_samples=2)
