@@ -165,7 +165,7 @@ class CacheState:
             branch.clear()
         self.summary.invalidations += 1
 
-    def count(self, action: Action, info: StepInfo) -> None:
+    def count(self, action: Action) -> None:
         if self.call == 1:  # the step's first call stands for the step
             name = {Action.COMPUTE: "computed", Action.REUSE: "reused", Action.EXTRAPOLATE: "extrapolated"}
             attr = name.get(action, "residual")
@@ -198,10 +198,10 @@ class CacheHook(StepAwareHook):
             branch.batch = batch
         action = self._decide(branch, info)
         if action is Action.REUSE:
-            state.count(action, info)
+            state.count(action)
             return branch.outputs[-1][1]
         if action is Action.EXTRAPOLATE:
-            state.count(action, info)
+            state.count(action)
             assert isinstance(self.rule.serve, Extrapolate)
             return branch.extrapolate(info.step, self.rule.serve.order)
         state.active = active = _Active(branch, action, info)
@@ -211,7 +211,7 @@ class CacheHook(StepAwareHook):
             state.active = None
         if active.action is Action.COMPUTE:
             branch.remember(info.step, output)
-        state.count(active.action, info)
+        state.count(active.action)
         return output
 
     def _enter_step(self, info: StepInfo) -> None:
@@ -322,13 +322,6 @@ class CacheHandle:
         for branch in self.hook.state.branches:
             if hasattr(branch.policy, "rule"):
                 branch.policy.rule = self.hook.rule  # type: ignore[attr-defined]
-
-    def set_rule(self, rule: CacheRule) -> None:
-        """Swap in another step-level rule (the evaluator's per-genome caching), with fresh state."""
-        if isinstance(rule.serve, Residual) or isinstance(self.hook.rule.serve, Residual):
-            raise ValueError("set_rule swaps step-level rules only; re-attach for block-residual rules")
-        self.hook.rule = rule
-        self.hook.state = CacheState(rule.policy)
 
     def remove(self) -> None:
         for module in self.blocks:
