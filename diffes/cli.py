@@ -84,10 +84,13 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from diffes.pruning import LevelGrid, PruningConfig, build_library
 
     out = Path(args.out)
-    if (out / "library.json").exists() and not args.force:
-        raise ConfigError(
-            "out", str(out), "a library is already there; pass --force to overwrite or pick another folder"
-        )
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        if not (out / "library.json").exists():
+            raise ConfigError("out", str(out), "it is not empty and holds no library; pick a new or empty folder")
+        if not args.force:
+            raise ConfigError(
+                "out", str(out), "a library is already there; pass --force to overwrite or pick another folder"
+            )
     config = PruningConfig(
         importance=args.importance,
         levels=LevelGrid.parse(args.levels).fractions,
@@ -101,8 +104,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         latency=args.latency,
     )
     pipe = load_pipeline(args.model, device=args.device)
-    library = build_library(pipe, config)
-    library.save(out)
+    library = build_library(pipe, config, progress=True, folder=out, replace=args.force)
     print(f"wrote {out} ({library.num_stages} stages x {library.num_levels} levels)")
     print(format_levels(library))
 

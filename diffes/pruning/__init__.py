@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 from diffes._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from diffes.pruning.build import LocalSolver, RaySolver, build_library, zoo_runner
     from diffes.pruning.config import PruningConfig
     from diffes.pruning.graph import PrunableStructure, UnitGroup, trace_structure
     from diffes.pruning.levels import DEFAULT_LEVELS, LevelGrid
-    from diffes.pruning.library import LevelCost, PruningLibrary, build_library, zoo_runner
+    from diffes.pruning.library import LevelCost, PruningLibrary
     from diffes.pruning.plan import PrunePlan, make_plan, prune_copy
 
 _EXPORTS = {
@@ -22,8 +23,10 @@ _EXPORTS = {
     "PruningConfig": "config",
     "LevelCost": "library",
     "PruningLibrary": "library",
-    "build_library": "library",
-    "zoo_runner": "library",
+    "build_library": "build",
+    "zoo_runner": "build",
+    "LocalSolver": "build",
+    "RaySolver": "build",
     "PrunePlan": "plan",
     "make_plan": "plan",
     "prune_copy": "plan",
@@ -33,10 +36,12 @@ __all__ = [
     "DEFAULT_LEVELS",
     "LevelCost",
     "LevelGrid",
+    "LocalSolver",
     "PrunableStructure",
     "PrunePlan",
     "PruningConfig",
     "PruningLibrary",
+    "RaySolver",
     "UnitGroup",
     "build_library",
     "make_plan",

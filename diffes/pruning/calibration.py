@@ -192,10 +192,11 @@ class _Stream(StepAwareHook):
         config: PruningConfig,
         generator: torch.Generator,
         progress: Any,
+        spill: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     ) -> None:
         super().__init__()
         self.model, self.schedule, self.config = model, schedule, config
-        self.generator, self.progress = generator, progress
+        self.generator, self.progress, self.spill = generator, progress, spill
         self.busy = False  # a call calibration makes itself (tracing, Taylor's forward) passes through
         self.stage, self.calls = -1, 0
         self.seen: set[int] = set()
@@ -279,7 +280,11 @@ class _Stream(StepAwareHook):
         if config.compensate and grams is not None:
             # kept (and saved) in float32: a library read back from disk then compensates identically; each
             # float64 Gram is let go as soon as its float32 copy exists
-            result.grams.append({name: grams.pop(name).float() for name in list(grams)})
+            grams32 = {name: grams.pop(name).float() for name in list(grams)}
+            if self.spill is not None:
+                self.spill(self.stage, grams32)  # to disk: a build holds one stage's Grams, not all
+            else:
+                result.grams.append(grams32)
         self.calls, self.stage = 0, -1
         self.progress.update(1)
 
@@ -295,12 +300,14 @@ def calibrate(
     run: Callable[[Any, int], Any],
     config: PruningConfig,
     progress: bool = True,
+    spill: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
 ) -> Calibration:
     """Run ``run(pipe, num_steps)`` (an ordinary dense ``pipe(...)`` call over one trajectory) once, streaming
-    every denoiser call into its stage's statistics; the structure is traced on the first call."""
+    every denoiser call into its stage's statistics; the structure is traced on the first call. With ``spill``,
+    each finished stage's Grams go to ``spill(stage, grams)`` instead of ``Calibration.grams``."""
     _, model = find_denoiser(pipe)
     bar = tqdm(total=schedule.num_stages, desc="calibrating stages", disable=not progress)
-    stream = _Stream(model, schedule, config, torch.Generator().manual_seed(config.seed), bar)
+    stream = _Stream(model, schedule, config, torch.Generator().manual_seed(config.seed), bar, spill)
     handle = attach_hook(pipe, stream, "diffes-calibration")
     try:
         with torch.no_grad():

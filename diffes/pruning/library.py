@@ -1,4 +1,4 @@
-"""PruningLibrary: for every (stage, level) a PrunePlan and its cost, built once per model."""
+"""PruningLibrary: for every (stage, level) a PrunePlan and its cost, built once per model (``build.py``)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,20 @@ from typing_extensions import TypedDict
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
-from diffes.models.steps import find_denoiser
-from diffes.pruning.calibration import Call, calibrate, map_tensors, run_call, single_sample
 from diffes.pruning.compensation import compensate
 from diffes.pruning.config import PruningConfig
-from diffes.pruning.cost import count_macs, count_params, measure_latency, meta_copy
+from diffes.pruning.cost import measure_latency
 from diffes.pruning.graph import PrunableStructure
 from diffes.pruning.plan import ModelShapes, PrunePlan, kept_channels, make_plan, prune_copy
+from diffes.pruning.store import PlanStore
 from diffes.schema import RECORD, NonNegative, reading, validate
 from diffes.stages import StageSchedule
 
-__all__ = ["PruningConfig", "LevelCost", "PruningLibrary", "build_library", "zoo_runner"]
+__all__ = ["PruningConfig", "LevelCost", "PruningLibrary"]
 
-SCHEMA = 2  # 2: PruningConfig's calibration_samples and plan_cache_mb, no guidance_scale
+PLANS = "plans"  # the folder of a store-backed library's solved plans
+BUILDING = "building.json"  # library.json of a build whose plans are being solved
+SCHEMA = 3  # 3: compensated plans solved at build time in plans/, consumers in their own file; 2: no guidance_scale
 
 
 @dataclass
@@ -37,22 +38,6 @@ class LevelCost:
     macs: int
     params: int
     latency: float | None = None
-
-
-def zoo_runner(config: PruningConfig, guidance_scale: float = 2.0) -> Callable[[Any, int], Any]:
-    """The default calibration run for class-conditional pipelines: every class in turn, seeded noise, the
-    configured guidance (text-to-image pipelines need prompts: pass ``run``)."""
-    from diffes.models.adapters import Guidance, adapter_for, calibration_runner
-
-    def run(pipe: Any, steps: int) -> Any:
-        adapter = adapter_for(pipe)
-        if adapter.conditioning != "classes":
-            raise ConfigError("run", None, f"{type(pipe).__name__} needs prompts: pass a calibration run")
-        classes = list(range(adapter.num_classes))  # type: ignore[attr-defined]
-        guidance = Guidance("cfg", guidance_scale)
-        return calibration_runner(adapter, classes, config.calibration_samples, config.seed, guidance)(pipe, steps)
-
-    return run
 
 
 @dataclass
@@ -67,6 +52,7 @@ class PruningLibrary:
     consumers: dict[str, torch.Tensor]  # dense consumer weights and biases, for compensation
     costs: list[LevelCost] = field(default_factory=list)
     pinned: dict[tuple[int, int], PrunePlan] = field(default_factory=dict)  # exported plans, never evicted
+    store: PlanStore | None = None  # compensated plans solved at build time, read from disk when routed to
     _cache: OrderedDict[tuple[int, int], PrunePlan] = field(default_factory=OrderedDict, repr=False)
 
     @property
@@ -120,28 +106,30 @@ class PruningLibrary:
         key = (stage, level)
         if key in self.pinned:
             return self.pinned[key]
-        if self.config.compensate and not self.grams:
+        if self.config.compensate and not self.grams and self.store is None:
             raise CheckpointError(
                 f"plan=({stage}, {level}): this library holds only its exported plans; rebuild it with `diffes prune`"
             )
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        plan = make_plan(
-            self.shapes, self.structure, stage, level, self.kept_units(stage, level), self.skipped_blocks(stage, level)
-        )
-        if self.config.compensate and self.grams:
-            self._compensate(plan)
+        plan = self.shape_plan(level, stage)
+        if self.config.compensate and self.store is not None:
+            if level:
+                plan.replacements = self.store.replacements(stage, level)
+        elif self.config.compensate:
+            grams = self.grams[stage]
+            plan.replacements = self.refit(plan, grams.__getitem__, self.consumers.get)
         self._cache[key] = plan
         budget = self.config.plan_cache_mb * 2**20
         while len(self._cache) > 1 and sum(p.nbytes() for p in self._cache.values()) > budget:
             self._cache.popitem(last=False)
         return plan
 
-    def shape_plan(self, level: int) -> PrunePlan:
-        """Stage 0's plan without compensation: enough to know a level's shapes and cost."""
+    def shape_plan(self, level: int, stage: int = 0) -> PrunePlan:
+        """A plan without compensation: enough to know a level's shapes and cost (stage 0's, by default)."""
         return make_plan(
-            self.shapes, self.structure, 0, level, self.kept_units(0, level), self.skipped_blocks(0, level)
+            self.shapes, self.structure, stage, level, self.kept_units(stage, level), self.skipped_blocks(stage, level)
         )
 
     def clear_cache(self) -> None:
@@ -152,15 +140,21 @@ class PruningLibrary:
         self._cache.clear()
         self.pinned.clear()
 
-    def _compensate(self, plan: PrunePlan) -> None:
+    def refit(
+        self, plan: PrunePlan, gram: Callable[[str], torch.Tensor], dense: Callable[[str], torch.Tensor | None]
+    ) -> dict[str, torch.Tensor]:
+        """The compensated consumers of ``plan``, from its stage's Grams and the dense consumer tensors (each
+        looked up by name when needed, so a build can read them one at a time from disk)."""
+        out = {}
         # per consumer, not per group: a Flux single block's proj_out reads two groups and is refit once
         for consumer, kept in kept_channels(self.shapes, self.structure, plan.kept_units).items():
-            weight = self.consumers[f"{consumer}.weight"]
-            bias = self.consumers.get(f"{consumer}.bias")
-            new_w, new_b = compensate(weight, bias, self.grams[plan.stage][consumer], kept, self.config.damp)
-            plan.replacements[f"{consumer}.weight"] = new_w
+            weight = dense(f"{consumer}.weight")
+            assert weight is not None
+            new_w, new_b = compensate(weight, dense(f"{consumer}.bias"), gram(consumer), kept, self.config.damp)
+            out[f"{consumer}.weight"] = new_w
             if new_b is not None:
-                plan.replacements[f"{consumer}.bias"] = new_b
+                out[f"{consumer}.bias"] = new_b
+        return out
 
     def stage_cost(self, levels: list[int] | tuple[int, ...], measure: str = "macs") -> float:
         """Mean cost per step of a schedule (one level per stage), relative to dense."""
@@ -180,8 +174,12 @@ class PruningLibrary:
 
     # ---- persistence: JSON + safetensors, never pickle ----
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
+    def save(self, folder: str | os.PathLike[str], complete: bool = True) -> Path:
+        """Write the library to ``folder`` (a store-backed library only where its plans already are). A build
+        whose plans are still being solved saves with ``complete=False``: the solvers read it, nothing else."""
         folder = Path(folder)
+        if self.store is not None and self.store.folder != folder / PLANS:
+            raise ValueError(f"a library whose plans are in {self.store.folder} is saved beside them, not in {folder}")
         meta = {
             "schema": SCHEMA,
             "config": asdict(self.config),
@@ -189,21 +187,24 @@ class PruningLibrary:
             "structure": self.structure.to_dict(),
             "shapes": self.shapes.to_dict(),
             "costs": [asdict(c) for c in self.costs],
+            "plans": self.store is not None,
         }
         tensors = {f"scores/{s}/{g}": t for s, d in enumerate(self.scores) for g, t in d.items()}
         tensors.update({f"depth/{s}": t for s, t in enumerate(self.depth_scores)})
-        tensors.update({f"consumers/{k}": t for k, t in self.consumers.items()})
+        if self.grams:  # what plans are solved from on demand; a store-backed library needs neither
+            tensors.update({f"consumers/{k}": t for k, t in self.consumers.items()})
         write_tensors(folder / "scores.safetensors", tensors)
         grams = {f"{s}/{c}": t.float() for s, d in enumerate(self.grams) for c, t in d.items()}
         if grams:
             write_tensors(folder / "grams.safetensors", grams)
-        write_json(folder / "library.json", meta)  # written last: its presence marks a complete library
+        # written last: the presence of library.json marks a complete library
+        write_json(folder / ("library.json" if complete else BUILDING), meta)
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> PruningLibrary:
+    def load(cls, folder: str | os.PathLike[str], complete: bool = True) -> PruningLibrary:
         folder = Path(folder)
-        path = folder / "library.json"
+        path = folder / ("library.json" if complete else BUILDING)
         if not path.is_file():
             raise CheckpointError(f"library={str(folder)!r}: no library.json; build one with `diffes prune`")
         meta = read_json(path, dict[str, Any], LIBRARY_FIX)
@@ -217,7 +218,10 @@ class PruningLibrary:
             grams = _read_grams(folder / "grams.safetensors", schedule.num_stages)
         structure, shapes = meta["structure"], meta["shapes"]
         library = cls(meta["config"], structure, schedule, shapes, scores, depth, grams, consumers, meta["costs"])
-        _check_library(library, folder)
+        if meta["plans"]:
+            library.store = PlanStore(folder / PLANS)
+        if complete:
+            _check_library(library, folder)
         if (folder / "plans.json").is_file():
             library.load_plans(folder)
         return library
@@ -269,55 +273,6 @@ class PruningLibrary:
             cost.latency = measure_latency(lambda: call(pruned), repeats=repeats)  # noqa: B023 (called at once)
 
 
-def build_library(
-    pipe: Any,
-    config: PruningConfig,
-    run: Callable[[Any, int], Any] | None = None,
-    progress: bool = True,
-) -> PruningLibrary:
-    """Calibrate on the dense trajectory of ``pipe`` and score every unit for every stage (streamed: no call's
-    inputs are kept but the first). A float16 / bfloat16 model is scored, and its Grams accumulated, in float32
-    or wider; compensated plans are solved in float64 and cast once to the model's dtype."""
-    schedule = StageSchedule.uniform(config.steps, config.stages)
-    _, model = find_denoiser(pipe)
-    calib = calibrate(pipe, schedule, run or zoo_runner(config), config, progress)
-    structure, example = calib.structure, calib.example
-    consumers = {}
-    for name in sorted({g.consumer for g in structure.groups}):
-        module: Any = model.get_submodule(name)
-        consumers[f"{name}.weight"] = module.weight.detach().clone().cpu()
-        if getattr(module, "bias", None) is not None:
-            consumers[f"{name}.bias"] = module.bias.detach().clone().cpu()
-    shapes = ModelShapes.of(model, structure)
-    library = PruningLibrary(config, structure, schedule, shapes, calib.scores, calib.depth, calib.grams, consumers)
-    library.costs = level_costs(model, library, example)
-    if config.latency:
-        library.measure_latency(model, lambda m: run_call(m, example))
-    return library
-
-
-def level_costs(model: nn.Module, library: PruningLibrary, example: Call) -> list[LevelCost]:
-    """MACs and parameters of each level, counted on the torch-pruning-pruned copy (one sample, one call).
-
-    The copies are made of a meta-device copy of the model, so counting costs no memory (at DiT-XL/2 scale a
-    real copy per level was most of a build's peak); a model whose forward needs real values (one that reads
-    a tensor's data) is counted on real copies instead, with the same result."""
-    try:
-        meta = map_tensors(single_sample(example), lambda t: t.to("meta"))
-        return _count_levels(meta_copy(model), library, meta)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        return _count_levels(model, library, single_sample(example))
-
-
-def _count_levels(model: nn.Module, library: PruningLibrary, call: Call) -> list[LevelCost]:
-    costs = []
-    for level, fraction in enumerate(library.config.levels):
-        plan = library.shape_plan(level)
-        pruned = prune_copy(model, library.structure, plan) if not plan.is_dense else model
-        costs.append(LevelCost(float(fraction), count_macs(pruned, lambda m: run_call(m, call)), count_params(pruned)))
-    return costs
-
-
 # ---- reading a saved library back: schemas (diffes.schema) and consistency ----
 
 LIBRARY_FIX = "the library is corrupt; rebuild it with `diffes prune` (or delete the run's library/ and resume)"
@@ -332,6 +287,7 @@ class _LibraryJson(TypedDict):
     structure: PrunableStructure
     shapes: ModelShapes
     costs: Annotated[list[LevelCost], Field(min_length=1)]
+    plans: bool
 
 
 @with_config(RECORD)
@@ -394,6 +350,11 @@ def _check_library(library: PruningLibrary, folder: Path) -> None:
     depth = library.depth_scores
     if blocks and (len(depth) != len(stages) or any(d.numel() != len(blocks) for d in depth)):
         raise CheckpointError(f"{folder / 'scores.safetensors'}: depth: one score per block and stage; {LIBRARY_FIX}")
+    store = library.store
+    if library.config.compensate and store is not None:
+        missing = [(s, lv) for s in stages for lv in range(1, library.num_levels) if not store.has(s, lv)]
+        if missing:
+            raise CheckpointError(f"{store.path(*missing[0])}: plan missing; {LIBRARY_FIX}")
     if library.config.compensate and library.grams:
         for s, g in ((s, g) for s in stages for g in groups):
             if g.consumer not in library.grams[s] or f"{g.consumer}.weight" not in library.consumers:

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import TypedDict
 
+from diffes.errors import CheckpointError, ConfigError
 from diffes.fitness import get_metric
 from diffes.fitness.base import Metric
 from diffes.fitness.evaluator import Evaluator
-from diffes.fitness.teacher import Teacher, make_probes
+from diffes.fitness.teacher import Teacher, make_probes, step_generator
 from diffes.io import read_json, write_json
 from diffes.models.adapters import SamplingAdapter, adapter_for, calibration_runner
 from diffes.models.loading import load_pipeline
-from diffes.pruning.library import PruningLibrary, build_library
+from diffes.pruning.build import LocalSolver, RaySolver, build_library
+from diffes.pruning.library import PruningLibrary
 from diffes.routing.router import Router
 from diffes.runs.config import RunConfig
 from diffes.runs.rundir import RunDir
-from diffes.search.genome import Budget
+from diffes.search.genome import Budget, Genome
 from diffes.search.joint import AnyBudget, JointBudget, parse_steps_grid
+from diffes.search.operators import sensitivity_genome
 from diffes.stages import stage_lengths
+
+if TYPE_CHECKING:
+    from diffes.caching.sensitivity import Sensitivity
 
 __all__ = [
     "RunContext",
@@ -32,9 +38,13 @@ __all__ = [
     "run_conditions",
     "make_budget",
     "plain_budget",
+    "load_sensitivity",
+    "sensitivity_seeds",
 ]
 
 JOINT_FILE = "joint.json"  # a joint search's step grid and how many of each count's steps fall in each stage
+SENSITIVITY_FILE = "sensitivity.json"  # per step and block, the output change when the block is pruned or cached
+SENSITIVITY_PROBES = 8  # the first probes (one per condition first) carry the measurement
 
 
 @dataclass
@@ -76,12 +86,16 @@ def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Samp
     adapter = load_adapter(config)
     guidance, negative = config.fitness.guidance_config(), config.model.negative_prompt
     adapter.check_guidance(guidance)
+    if config.fitness.sensitivity_seeds:
+        _check_blocks(adapter)  # before the library is built: a UNet has no blocks to measure
     conditions = run_conditions(config, adapter)
     if not run.has_library():
         run_fn = calibration_runner(
             adapter, conditions, config.pruning.calibration_samples, config.search.seed, guidance, negative
         )
-        build_library(adapter.pipe, config.pruning, run=run_fn, progress=progress).save(run.library_dir)
+        # solved on the run's Ray workers when it has them (connected by then); a partial folder is replaced
+        solver = RaySolver() if config.execution.executor == "ray" else LocalSolver()
+        build_library(adapter.pipe, config.pruning, run_fn, progress, run.library_dir, solver, replace=True)
     library = PruningLibrary.load(run.library_dir)  # one source of truth, fresh or resumed
     if run.has_teacher():
         teacher = Teacher.load(run.teacher_file)
@@ -91,6 +105,8 @@ def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Samp
         teacher.save(run.teacher_file)
     if config.search.joint and not (run.path / JOINT_FILE).exists():
         _write_joint_space(run, config, adapter, library)
+    if config.fitness.sensitivity_seeds and not (run.path / SENSITIVITY_FILE).exists():
+        _write_sensitivity(run, config, adapter, teacher)
     return adapter, library, teacher
 
 
@@ -106,6 +122,60 @@ def _write_joint_space(run: RunDir, config: RunConfig, adapter: SamplingAdapter,
     edges = library.schedule.timestep_boundaries([float(t) for t in adapter.timesteps(config.pruning.steps)])
     lengths = [list(stage_lengths([float(t) for t in adapter.timesteps(n)], edges)) for n in grid]
     write_json(run.path / JOINT_FILE, {"steps_grid": list(grid), "stage_lengths": lengths, "edges": edges})
+
+
+class _SensitivityJson(TypedDict):
+    steps: int
+    probes: int
+    blocks: list[str]
+    cached: list[list[float]]
+    pruned: list[list[float]]
+
+
+def _check_blocks(adapter: SamplingAdapter) -> None:
+    from diffes.caching.blocks import transformer_blocks
+
+    try:
+        transformer_blocks(adapter.denoiser)
+    except ConfigError:
+        name = type(adapter.denoiser).__name__
+        raise ConfigError("sensitivity_seeds", True, f"{name} has no transformer blocks to measure; drop it") from None
+
+
+def _write_sensitivity(run: RunDir, config: RunConfig, adapter: SamplingAdapter, teacher: Teacher) -> None:
+    """SODA-style sensitivity along the dense trajectory of the library's steps (its stages are the search's),
+    from the first teacher probes' noise, conditions and step noise; measured once, reused on resume."""
+    from diffes.caching.sensitivity import measure_sensitivity
+
+    probes = teacher.probes
+    n = min(len(probes), SENSITIVITY_PROBES)
+    cond = {k: v[:n] for k, v in probes.cond.items()}
+    steps, seed = config.pruning.steps, step_generator(probes).initial_seed()
+    sensitivity = measure_sensitivity(adapter, cond, probes.latents[:n], steps, teacher.guidance, seed)
+    write_json(run.path / SENSITIVITY_FILE, {"steps": steps, "probes": n, **sensitivity.to_dict()})
+
+
+def load_sensitivity(run: RunDir) -> Sensitivity:
+    from diffes.caching.sensitivity import Sensitivity
+
+    d = read_json(run.path / SENSITIVITY_FILE, _SensitivityJson, "the run's sensitivity file is corrupt; delete it")
+    sensitivity = Sensitivity.from_dict(dict(d))
+    shape = (d["steps"], len(d["blocks"]))
+    if sensitivity.cached.shape != shape or sensitivity.pruned.shape != shape:
+        raise CheckpointError(f"{run.path / SENSITIVITY_FILE}: tables are not steps x blocks {shape}; delete it")
+    return sensitivity
+
+
+def sensitivity_seeds(run: RunDir, library: PruningLibrary, budget: AnyBudget) -> list[Genome]:
+    """The initial population's seed from the run's measured sensitivity: levels per stage where pruning hurts
+    least (``diffes.search.operators.sensitivity_genome``; the population repairs it into the budget)."""
+    sensitivity = load_sensitivity(run)
+    schedule = library.schedule
+    if len(sensitivity.pruned) != schedule.num_steps:
+        path = run.path / SENSITIVITY_FILE
+        raise CheckpointError(f"{path}: measured on {len(sensitivity.pruned)} steps, not {schedule.num_steps}")
+    per_stage = sensitivity.stage_sensitivity([schedule.steps_of(s) for s in range(schedule.num_stages)])
+    return [sensitivity_genome(per_stage, budget)]
 
 
 def plain_budget(config: RunConfig, library: PruningLibrary) -> Budget:

@@ -9,8 +9,8 @@ from tiny import zoo_pipeline
 from diffes.cli import main
 from diffes.errors import ConfigError, UnsupportedModelError
 from diffes.pruning import LevelGrid, PruningConfig, PruningLibrary, build_library, prune_copy, trace_structure
+from diffes.pruning.build import level_costs
 from diffes.pruning.cost import count_macs, count_params
-from diffes.pruning.library import level_costs
 from diffes.stages import StageSchedule
 
 
@@ -77,7 +77,7 @@ def test_costs_fall_back_to_real_copies(library: PruningLibrary, monkeypatch: py
     def no_meta(model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError("no meta kernel")
 
-    monkeypatch.setattr("diffes.pruning.library.meta_copy", no_meta)
+    monkeypatch.setattr("diffes.pruning.build.meta_copy", no_meta)
     assert [(c.macs, c.params) for c in level_costs(model, library, example)] == built
 
 
