@@ -4,12 +4,12 @@ that block alone is cached (it reuses its residual from the previous step) or pr
 Measured along the dense trajectory: at every step the full forward is the reference, and each block is
 perturbed in turn with everything else exact, so the numbers say where a step or a stage is fragile. They
 seed the two searches: per-step weights for the caching DP (``diffes.caching.cem``) and a per-stage
-allocation of pruning levels for the search's initial population (``sensitivity_levels``).
+allocation of pruning levels for the search's initial population (``sensitivity_levels``, which lives with the
+search's operators: ``diffes.search.operators.sensitivity_genome``; a run measures it with ``sensitivity_seeds``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ import torch
 from diffes.caching.blocks import Block, transformer_blocks
 from diffes.models.steps import clone_scheduler
 from diffes.pruning.calibration import first_tensor
+from diffes.search.operators import sensitivity_levels  # the allotment is pure search logic; kept importable here
 
 __all__ = ["Sensitivity", "measure_sensitivity", "sensitivity_levels"]
 
@@ -128,32 +129,3 @@ def measure_sensitivity(
         capture_handle.remove()
         probe.remove()
     return Sensitivity(tuple(b.name for b in blocks), cached, pruned)
-
-
-def sensitivity_levels(
-    sensitivity: Sequence[float], weights: Sequence[float], level_costs: Sequence[float], fraction: float
-) -> tuple[int, ...]:
-    """Levels per stage that fit ``sum_s weights[s] * level_costs[level_s] <= fraction``, sparsifying first where
-    pruning hurts least per unit of cost saved (greedy: one level at a time, lowest ``sensitivity x level
-    fraction / cost saved`` first)."""
-    levels = [0] * len(weights)
-    top = len(level_costs) - 1
-
-    def cost() -> float:
-        return math.fsum(w * level_costs[lv] for w, lv in zip(weights, levels))
-
-    while cost() > fraction + 1e-9:
-        options = [(_price(sensitivity[s], weights[s], level_costs, levels[s]), s) for s in range(len(levels))]
-        options = [o for o in options if levels[o[1]] < top]
-        if not options:
-            break
-        levels[min(options)[1]] += 1
-    return tuple(levels)
-
-
-def _price(sensitivity: float, weight: float, level_costs: Sequence[float], level: int) -> float:
-    """Damage per cost saved of one more level in a stage: its sensitivity grows with the pruned fraction."""
-    if level + 1 >= len(level_costs):
-        return math.inf
-    saved = weight * (level_costs[level] - level_costs[level + 1])
-    return sensitivity * (level + 1) / max(saved, 1e-12)

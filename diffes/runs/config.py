@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from diffes.errors import ConfigError, DiffesError
-from diffes.families import is_zoo_name, model_conditioning
+from diffes.families import family_of, is_zoo_name, model_conditioning, pipeline_class
 from diffes.fields import Bool, Int, Number, Text, option
 from diffes.pruning.config import PruningConfig
 from diffes.search.config import SearchConfig
@@ -108,6 +108,9 @@ class FitnessConfig:
     clip_weights: Text | None = option(None, "a local transformers CLIP folder")
     prefix_cache_mb: Number = option(256.0, "bound of the evaluator's cache of stage-boundary states, in MB")
     reference_steps: Int = option(50, "joint search: steps of the dense reference run the teacher samples")
+    sensitivity_seeds: Bool = option(
+        False, "seed the search with per-stage levels from each block's measured pruning sensitivity (transformers)"
+    )
 
     def __post_init__(self) -> None:
         if self.probes < 1:
@@ -165,6 +168,9 @@ class RunConfig:
             parse_steps_grid(self.search.steps_grid, self.fitness.reference_steps)  # a bad grid fails here
         if self.fitness.metric == "classifier" and not is_zoo_name(self.model.model):
             raise ConfigError("metric", "classifier", "the digit classifier judges zoo models only; use lpips or ssim")
+        if self.fitness.sensitivity_seeds and _has_unet(self.model.model):
+            fix = f"{self.model.model} has a UNet; sensitivity is measured per transformer block: drop it"
+            raise ConfigError("sensitivity_seeds", True, fix)
 
     def resolved(self) -> RunConfig:
         """The config as a run records it: a name, and the metric the model gets by default."""
@@ -200,6 +206,13 @@ class RunConfig:
         for key, (section, name) in FLAGS.items():
             out[key] = getattr(getattr(self, section) if section else self, name)
         return out
+
+
+def _has_unet(model: str) -> bool:
+    """Whether the model's denoiser is a UNet, as far as its name or its folder's pipeline class tells."""
+    if is_zoo_name(model):
+        return model == "unet-digits"
+    return family_of(pipeline_class(Path(model))).name in ("sd", "sdxl")  # the folder was checked by ModelConfig
 
 
 def _sections() -> dict[str, type]:

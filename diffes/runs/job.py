@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 from diffes.errors import CheckpointError, DiffesError
 from diffes.pruning.library import PruningLibrary
 from diffes.runs.config import RunConfig
-from diffes.runs.context import RunContext, load_adapter, local_context, make_budget, make_metric, prepare
+from diffes.runs.context import (
+    RunContext,
+    load_adapter,
+    local_context,
+    make_budget,
+    make_metric,
+    prepare,
+    sensitivity_seeds,
+)
 from diffes.runs.export import export_run
 from diffes.runs.rng import capture_rng, restore_rng, seed_all
 from diffes.runs.rundir import RunDir
@@ -164,6 +172,8 @@ def _run(run: RunDir, config: RunConfig, progress: bool) -> SearchResult:
         library = PruningLibrary.load(run.library_dir)
         budget = make_budget(run, config, library)
         toolbox = make_toolbox(config.search, budget, executor.map)
+        if config.fitness.sensitivity_seeds:  # measured while preparing; the initial population repairs the seed
+            toolbox.register("population", toolbox.population, seeds=sensitivity_seeds(run, library, budget))
         state = _initial_state(run, config, budget, toolbox, bar)
 
         def on_generation(done: SearchState) -> None:

@@ -22,6 +22,8 @@ __all__ = [
     "mutate_transfer",
     "spread_population",
     "repair",
+    "sensitivity_genome",
+    "sensitivity_levels",
     "shaped_genomes",
 ]
 
@@ -204,8 +206,12 @@ def _random_genome(budget: AnyBudget, rng: random.Random) -> list[int]:
     return [rng.randrange(top + 1) for top in budget.upper]
 
 
-def initial_population(n: int, budget: AnyBudget, rng: random.Random) -> list[Genome]:
-    """Exactly ``n`` feasible genomes: the uniform schedule, the named shapes, then random filled schedules.
+def initial_population(
+    n: int, budget: AnyBudget, rng: random.Random, seeds: Sequence[Sequence[int]] = ()
+) -> list[Genome]:
+    """Exactly ``n`` feasible genomes: the uniform schedule, the named shapes, the ``seeds`` (each repaired into
+    the budget; they displace the last named shapes when ``n`` is too small for all), then random filled
+    schedules.
 
     Duplicates are avoided while the feasible space allows it; a tiny space is padded with repeats.
     """
@@ -213,7 +219,8 @@ def initial_population(n: int, budget: AnyBudget, rng: random.Random) -> list[Ge
     for genome in shaped_genomes(budget).values():
         if genome not in population:
             population.append(genome)
-    population = population[:n]
+    extra = [g for g in dict.fromkeys(repair(s, budget, rng) for s in seeds) if g not in population]
+    population = (population[: max(n - len(extra), 0)] + extra)[:n]
     seen = set(population)
     attempts = 0
     while len(population) < n and attempts < 50 * n:
@@ -227,14 +234,16 @@ def initial_population(n: int, budget: AnyBudget, rng: random.Random) -> list[Ge
     return population
 
 
-def spread_population(n: int, budget: AnyBudget, rng: random.Random) -> list[Genome]:
+def spread_population(
+    n: int, budget: AnyBudget, rng: random.Random, seeds: Sequence[Sequence[int]] = ()
+) -> list[Genome]:
     """Exactly ``n`` feasible genomes: half of ``initial_population`` (on the budget edge, where the best
     schedule at the full budget is), half with costs spread evenly from the cheapest schedule up to the budget.
 
     The start of a Pareto search: ``initial_population`` alone fills every genome up to the budget, which
     leaves the cheap end of the front empty.
     """
-    population = initial_population((n + 1) // 2, budget, rng)
+    population = initial_population((n + 1) // 2, budget, rng, seeds)
     cheap = n - len(population)
     for i in range(cheap):
         target = budget.cheapest + (budget.fraction - budget.cheapest) * i / cheap
@@ -245,3 +254,51 @@ def spread_population(n: int, budget: AnyBudget, rng: random.Random) -> list[Gen
                 break
         population.append(genome)
     return population
+
+
+def sensitivity_levels(
+    sensitivity: Sequence[float], weights: Sequence[float], level_costs: Sequence[float], fraction: float
+) -> tuple[int, ...]:
+    """Levels per stage that fit ``sum_s weights[s] * level_costs[level_s] <= fraction``, sparsifying first where
+    pruning hurts least per unit of cost saved (greedy: one level at a time, lowest ``sensitivity x level
+    fraction / cost saved`` first). Every stage at its sparsest level when even that does not fit."""
+    levels = [0] * len(weights)
+
+    def cost() -> float:
+        return math.fsum(w * level_costs[lv] for w, lv in zip(weights, levels))
+
+    while cost() > fraction + 1e-9:
+        options = [(_price(sensitivity[s], weights[s], level_costs, levels[s]), s) for s in range(len(levels))]
+        options = [o for o in options if o[0] < math.inf]
+        if not options:
+            break
+        levels[min(options)[1]] += 1
+    return tuple(levels)
+
+
+def _price(sensitivity: float, weight: float, level_costs: Sequence[float], level: int) -> float:
+    """Damage per cost saved of one more level in a stage: its sensitivity grows with the pruned fraction.
+    Infinite at the sparsest level, and in a stage that saves nothing (no steps there)."""
+    if level + 1 >= len(level_costs):
+        return math.inf
+    saved = weight * (level_costs[level] - level_costs[level + 1])
+    return sensitivity * (level + 1) / saved if saved > 0 else math.inf
+
+
+def sensitivity_genome(stage_sensitivity: Sequence[float], budget: AnyBudget) -> Genome:
+    """The SODA-style seed of an initial population: per stage, the level ``sensitivity_levels`` allots from
+    the stages' measured sensitivity to pruning. A joint search takes the most steps at which those levels fit,
+    every step computed (else the fewest steps, sparsest levels). Not always feasible: ``initial_population``
+    repairs it."""
+    if len(stage_sensitivity) != budget.num_stages:
+        raise ValueError(f"{len(stage_sensitivity)} stage sensitivities for {budget.num_stages} stages")
+    if isinstance(budget, Budget):
+        return sensitivity_levels(stage_sensitivity, budget.stage_weights, budget.level_costs, budget.fraction)
+    computed = (1,) * budget.num_stages
+    for steps, lengths in zip(budget.steps_grid, budget.stage_lengths):
+        weights = [n / budget.reference_steps for n in lengths]
+        levels = sensitivity_levels(stage_sensitivity, weights, budget.level_costs, budget.fraction)
+        genome = budget.encode(steps, computed, levels)
+        if budget.feasible(genome):
+            return genome
+    return genome

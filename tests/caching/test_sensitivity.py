@@ -44,6 +44,7 @@ def test_levels_go_sparse_where_pruning_hurts_least() -> None:
     levels = sensitivity_levels([1.0, 0.01], [0.5, 0.5], costs, 0.6)
     assert levels[1] > levels[0] and 0.5 * costs[levels[0]] + 0.5 * costs[levels[1]] <= 0.6
     assert sensitivity_levels([0.01, 1.0], [0.5, 0.5], costs, 0.6) == levels[::-1]
+    assert sensitivity_levels([0.0, 1.0], [0.0, 1.0], costs, 0.6) == (0, 2)  # a stage without steps saves nothing
 
 
 def test_a_unet_has_no_blocks_to_measure() -> None:

@@ -8,6 +8,7 @@ import pytest
 from search_problems import make_budget, random_genome
 
 from diffes.search.genome import Budget, Genome
+from diffes.search.joint import JointBudget
 from diffes.search.operators import (
     SHAPES,
     crossover_repair,
@@ -16,6 +17,7 @@ from diffes.search.operators import (
     mutate_front,
     mutate_transfer,
     repair,
+    sensitivity_genome,
     shaped_genomes,
     spread_population,
 )
@@ -200,6 +202,21 @@ def test_initial_population_starts_with_the_named_shapes() -> None:
     assert population[: len(shapes)] == shapes
     assert initial_population(3, budget, random.Random(0)) == shapes[:3]
     assert population != initial_population(16, budget, random.Random(1))  # the random part follows the seed
+
+
+def test_sensitivity_seeds_join_the_initial_population_repaired() -> None:
+    budget = BUDGETS["8x5 at 0.5"]
+    seed = sensitivity_genome([1.0, 0.8, 0.5, 0.3, 0.2, 0.1, 0.05, 0.01], budget)  # late stages tolerate pruning
+    assert budget.feasible(seed) and list(seed) == sorted(seed) and seed[0] < seed[-1]
+    shapes = list(shaped_genomes(budget).values())
+    assert initial_population(16, budget, random.Random(0), [seed])[: len(shapes) + 1] == [*shapes, seed]
+    assert initial_population(4, budget, random.Random(0), [seed]) == [*shapes[:3], seed]  # it displaces a shape
+    assert seed in spread_population(6, budget, random.Random(0), [seed])
+    repaired = initial_population(4, budget, random.Random(0), [(0,) * 8])[3]  # dense: over the budget
+    assert budget.feasible(repaired) and repaired not in shapes
+    # joint: every step computed, at the most steps where the allotted levels fit (8 steps cannot: 0.4 > 0.39)
+    joint = JointBudget((8, 6, 4), ((4, 4), (3, 3), (2, 2)), (1.0, 0.8, 0.6, 0.4), 2, 8, 0.39)
+    assert sensitivity_genome([1.0, 0.01], joint) == joint.encode(6, (1, 1), (2, 3))
 
 
 def test_initial_population_pads_a_tiny_space_with_repeats() -> None:
