@@ -44,7 +44,8 @@ class PruningConfig:
     steps: Int = option(20, "sampling steps of the search trajectory")
     calibration_samples: Int = option(32, "samples of the dense trajectory used to calibrate the library")
     seed: Int = option(0)  # the Taylor importance probes; a run sets it to its own seed
-    plan_cache_mb: Number = option(256.0)  # bound of the library's cache of computed plans
+    # what a search worker keeps of the plans it has routed to (computed plans, prepared routing tables)
+    plan_cache_mb: Number = option(256.0)
     latency: Bool = option(False)  # also time every level on this device (a calibration-sized batch)
 
     def __post_init__(self) -> None:

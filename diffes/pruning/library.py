@@ -115,9 +115,10 @@ class PruningLibrary:
             return self._cache[key]
         plan = self.shape_plan(level, stage)
         if self.config.compensate and self.store is not None:
-            if level:
-                plan.replacements = self.store.replacements(stage, level)
-        elif self.config.compensate:
+            # read, not cached: its tensors are mapped from disk, and a router keeps the tables it routes with
+            plan.replacements = self.store.replacements(stage, level) if level else {}
+            return plan
+        if self.config.compensate:
             grams = self.grams[stage]
             plan.replacements = self.refit(plan, grams.__getitem__, self.consumers.get)
         self._cache[key] = plan

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,9 +88,14 @@ _DENSE = _Table()  # the dense model sets nothing
 
 
 class Router:
-    """Routes ``model`` (the library's dense denoiser) to any plan of ``library`` in place."""
+    """Routes ``model`` (the library's dense denoiser) to any plan of ``library`` in place.
 
-    def __init__(self, model: nn.Module, library: PruningLibrary, mode: str = "auto") -> None:
+    ``cache_mb`` bounds the prepared tables (their banked replacements) kept for switching back: the least
+    recently used go first, never the active one. ``None`` keeps every table (a served schedule's few)."""
+
+    def __init__(
+        self, model: nn.Module, library: PruningLibrary, mode: str = "auto", cache_mb: float | None = None
+    ) -> None:
         if mode not in MODES:
             raise ConfigError("mode", mode, f"choose one of {', '.join(MODES)}")
         if mode == "auto":
@@ -102,7 +108,7 @@ class Router:
             )
         if ROUTER_MARK in model.__dict__:
             raise ConfigError("model", type(model).__name__, "a router is already attached; remove() it first")
-        self.model, self.library, self.mode = model, library, mode
+        self.model, self.library, self.mode, self.cache_mb = model, library, mode, cache_mb
         self.params = self._touched_tensors()
         self.dense = {k: t.data for k, t in self.params.items()}
         self.dense_attrs = self._dense_attrs()
@@ -111,7 +117,7 @@ class Router:
             self._permute()
         self.buffers: dict[str, torch.Tensor] = {}
         self.skips = self._skip_hooks()
-        self.tables: dict[tuple[int, int], _Table] = {}
+        self.tables: OrderedDict[tuple[int, int], _Table] = OrderedDict()
         self.current: tuple[int, int] | None = None
         self._active = _DENSE
         model.__dict__[ROUTER_MARK] = self  # the model is no longer plain dense: exports must refuse it
@@ -236,16 +242,29 @@ class Router:
             self.tables[key] = self._table(plan)
         self._apply(self.tables[key])
         self.current = key
+        self._evict()
 
     def set_level(self, stage: int, level: int) -> None:
         """Route to the library's plan for (stage, level); a no-op if already there."""
         if self.current == (stage, level):
             return
         if (stage, level) in self.tables:
+            self.tables.move_to_end((stage, level))
             self._apply(self.tables[(stage, level)])
             self.current = (stage, level)
         else:
             self.set(self.library.plan(stage, level))
+
+    def _evict(self) -> None:
+        if self.cache_mb is None:
+            return
+        budget = self.cache_mb * 2**20
+        while len(self.tables) > 1 and sum(t.nbytes for t in self.tables.values()) > budget:
+            oldest = next(iter(self.tables))
+            if oldest == self.current:
+                self.tables.move_to_end(oldest)
+                continue
+            del self.tables[oldest]
 
     @torch.no_grad()
     def _apply(self, table: _Table) -> None:

@@ -4,6 +4,7 @@ solves on demand; solved on Ray workers it is the same library, bit for bit, eve
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from tiny import zoo_pipeline
 
 from diffes.pruning import LocalSolver, PruningConfig, PruningLibrary, RaySolver, build_library
 from diffes.pruning.build import solve_stage
+from diffes.routing.router import Router
 
 CONFIG = PruningConfig(stages=2, steps=4, calibration_samples=2, levels=(0.0, 0.25, 0.5), nested=True)
 
@@ -23,14 +25,27 @@ def pipe() -> object:
     return zoo_pipeline("dit-digits")
 
 
+@pytest.fixture(scope="module")
+def built(pipe: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[PruningLibrary, PruningLibrary]:
+    """The same library in memory and built into a folder (the solver pinned to one thread, the in-memory
+    library solving on demand with one thread too)."""
+    torch.set_num_threads(1)
+    memory = build_library(pipe, CONFIG, progress=False)
+    folder = tmp_path_factory.mktemp("built") / "lib"
+    return memory, build_library(pipe, CONFIG, progress=False, folder=folder, solver=LocalSolver(threads=1))
+
+
 def plan_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((folder / "plans").iterdir())}
 
 
-def test_a_folder_build_solves_every_plan_the_in_memory_library_would(pipe: object, tmp_path: Path) -> None:
-    torch.set_num_threads(1)  # the solver pins its threads; the in-memory library solves with the caller's
-    memory = build_library(pipe, CONFIG, progress=False)
-    disk = build_library(pipe, CONFIG, progress=False, folder=tmp_path / "lib", solver=LocalSolver(threads=1))
+def test_a_folder_build_solves_every_plan_the_in_memory_library_would(
+    built: tuple[PruningLibrary, PruningLibrary],
+) -> None:
+    torch.set_num_threads(1)
+    memory, disk = built
+    assert disk.store is not None
+    folder = disk.store.folder.parent
     assert disk.store is not None and not disk.grams and not disk.consumers
     for stage in range(2):
         for level in range(3):
@@ -39,16 +54,17 @@ def test_a_folder_build_solves_every_plan_the_in_memory_library_would(pipe: obje
             assert all(torch.equal(t, b.replacements[k]) for k, t in a.replacements.items())
             assert a.kept_units == b.kept_units and a.overrides == b.overrides
     # what a worker loads: scores and metadata; the plans stay on disk, one file per (stage, level) above dense
-    assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["library.json", "plans", "scores.safetensors"]
-    assert len(plan_files(tmp_path / "lib")) == 2 * 2 and os.listdir(tmp_path) == ["lib"]
-    reloaded = PruningLibrary.load(tmp_path / "lib").plan(1, 2).replacements
+    assert sorted(p.name for p in folder.iterdir()) == ["library.json", "plans", "scores.safetensors"]
+    assert len(plan_files(folder)) == 2 * 2 and os.listdir(folder.parent) == ["lib"]
+    reloaded = PruningLibrary.load(folder).plan(1, 2).replacements
     assert reloaded.keys() == b.replacements.keys() and all(
         torch.equal(t, b.replacements[k]) for k, t in reloaded.items()
     )
 
 
-def test_a_library_missing_a_plan_file_is_refused(pipe: object, tmp_path: Path) -> None:
-    build_library(pipe, CONFIG, progress=False, folder=tmp_path / "lib")
+def test_a_library_missing_a_plan_file_is_refused(built: tuple[PruningLibrary, PruningLibrary], tmp_path: Path) -> None:
+    assert built[1].store is not None
+    shutil.copytree(built[1].store.folder.parent, tmp_path / "lib")
     (tmp_path / "lib" / "plans" / "plan_001_02.safetensors").unlink()
     with pytest.raises(Exception, match=r"plan_001_02\.safetensors: plan missing"):
         PruningLibrary.load(tmp_path / "lib")
@@ -77,3 +93,28 @@ def test_ray_build_equals_local_build_and_survives_a_killed_worker(
     assert plan_files(tmp_path / "ray") == plan_files(local)
     assert (tmp_path / "ray" / "scores.safetensors").read_bytes() == (local / "scores.safetensors").read_bytes()
     assert built.store is not None and built.store.folder == tmp_path / "ray" / "plans"
+
+
+def test_a_bounded_router_keeps_only_the_active_table_and_routes_exactly(
+    pipe: object, built: tuple[PruningLibrary, PruningLibrary]
+) -> None:
+    torch.set_num_threads(1)
+    memory, disk = built
+    model = pipe.transformer  # type: ignore[attr-defined]
+    x, t, y = (
+        torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([500]),
+        torch.tensor([3]),
+    )
+    pairs = [(0, 1), (1, 2), (0, 2), (1, 1), (0, 1)]
+    router = Router(model, memory)
+    expected = []
+    for stage, level in pairs:
+        router.set_level(stage, level)
+        expected.append(model(x, t, class_labels=y).sample)
+    router.remove()
+    bounded = Router(model, disk, cache_mb=0)
+    for (stage, level), want in zip(pairs, expected):
+        bounded.set_level(stage, level)
+        assert torch.equal(model(x, t, class_labels=y).sample, want) and list(bounded.tables) == [(stage, level)]
+    bounded.remove()
