@@ -34,6 +34,9 @@ def add_search_commands(sub: Any) -> None:
         else:
             search.add_argument(flag, type=kind, metavar=key.upper(), **kw)
     search.add_argument("--quiet", action="store_true", help="no progress bars")
+    search.add_argument(
+        "--dry-run", action="store_true", help="check everything, print the memory and disk the run needs, run nothing"
+    )
     search.set_defaults(func=cmd_search)
 
     resume = sub.add_parser("resume", help="continue a run from its last complete generation")
@@ -63,6 +66,11 @@ def _run_config(args: argparse.Namespace) -> Any:
 
 def cmd_search(args: argparse.Namespace) -> None:
     config = _run_config(args)  # every check that needs no torch, before torch is imported
+    if args.dry_run:
+        from diffes.runs.dry_run import dry_run
+
+        print("\n".join(dry_run(config)))
+        return
     from diffes.runs import start_run
 
     result = start_run(config, progress=not args.quiet)

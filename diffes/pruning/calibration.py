@@ -40,6 +40,7 @@ __all__ = [
     "first_tensor",
     "single_sample",
     "GramSums",
+    "first_call",
 ]
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
@@ -123,6 +124,33 @@ def record_calls(pipe: Any, schedule: StageSchedule, run: Callable[[Any, int], A
     if empty:
         raise RuntimeError(f"calibration recorded no denoiser call for stages {empty}; the run stopped early")
     return calib
+
+
+class _Stop(Exception):
+    pass
+
+
+def first_call(pipe: Any, run: Callable[[Any, int], Any], num_steps: int) -> Call:
+    """The inputs of the first denoiser call ``run(pipe, num_steps)`` makes; the run stops there, before the
+    denoiser computes anything (for shapes and tracing without a calibration)."""
+    _, model = find_denoiser(pipe)
+    seen: list[Call] = []
+
+    def stop(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append(map_tensors((args, kwargs), lambda t: t.detach().clone()))
+        raise _Stop
+
+    handle = model.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            run(pipe, num_steps)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError("the calibration run made no denoiser call")
+    return seen[0]
 
 
 def _patches(module: Any, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from diffes.pruning.build import LocalSolver, RaySolver, build_library
 from diffes.pruning.library import PruningLibrary
 from diffes.routing.router import Router
 from diffes.runs.config import RunConfig
+from diffes.runs.dry_run import check_free_disk, estimate_for
 from diffes.runs.rundir import RunDir
 from diffes.search.genome import Budget, Genome
 from diffes.search.joint import AnyBudget, JointBudget, parse_steps_grid
@@ -90,6 +91,7 @@ def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Samp
         _check_blocks(adapter)  # before the library is built: a UNet has no blocks to measure
     conditions = run_conditions(config, adapter)
     if not run.has_library():
+        check_free_disk(run.path, estimate_for(adapter, conditions, config).build_disk_bytes)
         run_fn = calibration_runner(
             adapter, conditions, config.pruning.calibration_samples, config.search.seed, guidance, negative
         )
@@ -221,7 +223,7 @@ def _context(
     config: RunConfig,
     budget: AnyBudget,
 ) -> RunContext:
-    router = Router(adapter.denoiser, library)
+    router = Router(adapter.denoiser, library, cache_mb=config.pruning.plan_cache_mb)
     joint = budget if isinstance(budget, JointBudget) else None
     from diffes.caching.rules import step_serve
 

@@ -48,14 +48,20 @@ class RunDir:
 
     @classmethod
     def create(cls, config: RunConfig) -> RunDir:
+        run = cls.check_new(config)
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_json(run.config_file, config.to_dict())
+        return run
+
+    @classmethod
+    def check_new(cls, config: RunConfig) -> RunDir:
+        """The run ``config`` names, checked to be creatable (nothing is created)."""
         run = cls(run_path(config.runs_dir, config.name))
         if run.path.exists() and not run.path.is_dir():
             raise ConfigError("name", config.name, f"{run.path} is a file; pick another name")
         if run.path.exists() and any(run.path.iterdir()):
             fix = f"{run.path} already exists; resume it with `diffes resume {run.path}` or pick a new name"
             raise ConfigError("name", config.name, fix)
-        run.path.mkdir(parents=True, exist_ok=True)
-        write_json(run.config_file, config.to_dict())
         return run
 
     @classmethod

@@ -3,6 +3,7 @@ solves on demand; solved on Ray workers it is the same library, bit for bit, eve
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -118,3 +119,24 @@ def test_a_bounded_router_keeps_only_the_active_table_and_routes_exactly(
         bounded.set_level(stage, level)
         assert torch.equal(model(x, t, class_labels=y).sample, want) and list(bounded.tables) == [(stage, level)]
     bounded.remove()
+
+
+def test_the_estimate_matches_what_the_build_and_a_router_hold(
+    pipe: object, built: tuple[PruningLibrary, PruningLibrary]
+) -> None:
+    from diffes.pruning.estimate import estimate_library
+
+    memory, disk = built
+    model = pipe.transformer  # type: ignore[attr-defined]
+    gather = dataclasses.replace(CONFIG, nested=False)  # gather routing: a non-nested library
+    est, est_gather = (estimate_library(model, memory.structure, c) for c in (CONFIG, gather))
+    assert est.grams_stage_bytes == sum(g.numel() * 4 for g in memory.grams[0].values())
+    stored = [disk.plan(s, lv).replacements for s in range(2) for lv in range(3)]
+    scores = sum(t.numel() * 4 for stage in disk.scores for t in stage.values())
+    assert est.library_disk_bytes == sum(t.numel() * 4 for r in stored for t in r.values()) + scores
+    assert est.plan_bytes[0] == 0 < est.plan_bytes[2] < est.plan_bytes[1]
+    router = Router(model, memory, mode="gather")
+    router.set_level(0, 1)
+    buffers = sum(b.numel() * 4 for b in router.buffers.values())
+    assert est_gather.worker_bytes == buffers + 2 * sum(est.plan_bytes)  # every plan fits the default cache
+    router.remove()
