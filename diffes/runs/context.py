@@ -21,6 +21,7 @@ from diffes.routing.router import Router
 from diffes.runs.config import RunConfig
 from diffes.runs.dry_run import check_free_disk, estimate_for
 from diffes.runs.rundir import RunDir
+from diffes.schema import reading
 from diffes.search.genome import Budget, Genome
 from diffes.search.joint import AnyBudget, JointBudget, parse_steps_grid
 from diffes.search.operators import sensitivity_genome
@@ -160,11 +161,13 @@ def _write_sensitivity(run: RunDir, config: RunConfig, adapter: SamplingAdapter,
 def load_sensitivity(run: RunDir) -> Sensitivity:
     from diffes.caching.sensitivity import Sensitivity
 
-    d = read_json(run.path / SENSITIVITY_FILE, _SensitivityJson, "the run's sensitivity file is corrupt; delete it")
-    sensitivity = Sensitivity.from_dict(dict(d))
+    path, fix = run.path / SENSITIVITY_FILE, "the file is corrupt; delete it and resume to measure it again"
+    d = read_json(path, _SensitivityJson, fix)
+    with reading(path, fix):  # ragged rows
+        sensitivity = Sensitivity.from_dict(dict(d))
     shape = (d["steps"], len(d["blocks"]))
     if sensitivity.cached.shape != shape or sensitivity.pruned.shape != shape:
-        raise CheckpointError(f"{run.path / SENSITIVITY_FILE}: tables are not steps x blocks {shape}; delete it")
+        raise CheckpointError(f"{path}: the tables are not steps x blocks {shape}; {fix}")
     return sensitivity
 
 

@@ -186,3 +186,31 @@ def test_sensitivity_seeds_start_the_search_and_are_measured_once(
     monkeypatch.setattr("diffes.caching.sensitivity.measure_sensitivity", measure)
     assert main(["resume", str(run.path), "--quiet"]) == 0
     assert json.loads(run.checkpoint_path(0).read_text())["search"]["populations"] == first
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '{"steps": 2, "probes": 1, "blocks": ["b"], "cached": [[0.0], [0.1]], "pruned": [[0.1], [0.2, 0.3]]}',
+            "ValueError",
+        ),
+        (
+            '{"steps": 3, "probes": 1, "blocks": ["b"], "cached": [[0.0], [0.1]], "pruned": [[0.1], [0.2]]}',
+            "not steps x blocks (3, 1)",
+        ),
+        ('{"steps": 2, "probes": 1, "blocks": ["b"]}', "cached: field required"),
+    ],
+    ids=["ragged", "shape", "missing"],
+)
+def test_a_damaged_sensitivity_file_is_one_line(content: str, message: str, tmp_path: Path) -> None:
+    from diffes.errors import CheckpointError
+    from diffes.runs import RunDir
+    from diffes.runs.context import load_sensitivity
+
+    (tmp_path / "sensitivity.json").write_text(content)
+    with pytest.raises(CheckpointError) as error:
+        load_sensitivity(RunDir(tmp_path))
+    text = str(error.value)
+    assert text.startswith(f"{tmp_path / 'sensitivity.json'}: ") and message in text and "\n" not in text
+    assert text.endswith("delete it and resume to measure it again")
