@@ -1,163 +1,133 @@
-"""Library build at real sizes: peak resident memory and time of ``build_library`` on full-width denoisers
+"""Real sizes: MACs, library build, search-worker memory, switch time and routed speed on full-width denoisers
 with random weights (real shapes from the published configs; weights change neither speed nor memory).
 
-    python -m benchmarks.real_size                                  # DiT-XL/2 and PixArt-Sigma, 2 and 4 blocks
-    python -m benchmarks.real_size --models dit-xl-2 --depths 2,4 --steps 10 --no-save
+    python -m benchmarks.real_size                       # everything, about 40 minutes on 2 CPU cores
+    python -m benchmarks.real_size --build-models dit-xl-2 --depths 2 --no-save
 
-Each (model, depth) is built in a fresh process, so its peak RSS (``ru_maxrss``) is its own: the model is cut to
-``depth`` of its 28 blocks and the build's numbers are fitted linearly in depth and extrapolated to the full
-depth (the memory a build holds grows with the number of consumer layers, hence with depth). The calibration run
-makes ``steps`` denoiser calls of ``2 * samples`` rows (classifier-free guidance) with seeded random inputs of
-the real shapes: DiT-XL/2 at 256 px (32x32x4 latents, class labels), PixArt-Sigma at 512 px (64x64x4 latents,
-300 T5 tokens of width 4096). Reported per depth: dense parameter bytes, RSS before the build (interpreter,
-torch, the model), peak RSS, what the library keeps (consumer Grams in float32), the inputs of one denoiser call
-(what a calibration that kept every call would hold ``steps`` times), and build seconds. ``--dtype bfloat16``
-builds a half-precision model. Without ``--no-save`` the rows go to benchmarks/results/real_size.json.
+1. MACs per denoiser call of DiT-XL/2 (256 px), PixArt-Sigma (512 px), Flux.1-dev (1024 px) and the SD 1.5 and
+   SDXL UNets (512 / 1024 px), counted on meta-device models at full size, against published figures; with the
+   library estimate (``diffes.pruning.estimate``: the formulas ``diffes search --dry-run`` prints) at
+   ``--stages`` x levels.
+2. For DiT-XL/2 and PixArt-Sigma cut to ``--depths`` of their 28 blocks (the full shape's library does not fit
+   this machine's time): a library build into a folder (calibration, then every compensated plan solved to
+   disk) with its peak RSS, disk and seconds; a search worker's peak RSS over the dense model's (router bounded
+   by ``plan_cache_mb``, random schedules, one call per stage) with the switch time; and the routed model's
+   speed-up against the stitched torch-pruning copies, batch 1/4/16, for a uniform and a mixed schedule.
+   Build and worker numbers are fitted linearly in depth and read at 28 blocks; each runs in a fresh process.
 
-This is the library-build part of the real-size benchmark; MACs against published figures, worker memory during
-a search, switch time and routed speed are still to come.
+The JSON records probes, steps, batch, dtype and device; on a CUDA machine every part runs there (``--cpu``
+forces the CPU). Without ``--no-save`` it writes benchmarks/results/real_size.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import shutil
 import subprocess
 import sys
-import time
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
-MODELS = ("dit-xl-2", "pixart-sigma")
-FULL_DEPTH = 28
+from benchmarks import real_size_parts as parts
+from benchmarks.real_size_models import FULL_DEPTH, MODELS
 
-# published architecture facts (diffusers configs of facebook/DiT-XL-2-256 and PixArt-Sigma-XL-2-512-MS)
-CONFIGS: dict[str, dict[str, Any]] = {
-    "dit-xl-2": dict(
-        num_attention_heads=16,
-        attention_head_dim=72,
-        in_channels=4,
-        out_channels=8,
-        sample_size=32,
-        patch_size=2,
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_zero",
-    ),
-    "pixart-sigma": dict(
-        num_attention_heads=16,
-        attention_head_dim=72,
-        in_channels=4,
-        out_channels=8,
-        sample_size=64,
-        patch_size=2,
-        cross_attention_dim=1152,
-        caption_channels=4096,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
-        num_embeds_ada_norm=1000,
-        use_additional_conditions=False,
-    ),
-}
-TEXT_TOKENS = 300  # PixArt-Sigma's T5 prompt length
+RESULTS = Path(__file__).parent / "results"
+
+PARTS = {"build": parts.build, "worker": parts.worker, "speed": parts.speed}
 
 
-def build_model(name: str, depth: int, dtype: torch.dtype) -> torch.nn.Module:
-    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
-
-    cls = DiTTransformer2DModel if name == "dit-xl-2" else PixArtTransformer2DModel
-    torch.manual_seed(0)
-    return cls(num_layers=depth, **CONFIGS[name]).eval().to(dtype)
-
-
-def make_call(name: str, rows: int, step: int, steps: int, dtype: torch.dtype) -> tuple[tuple, dict]:
-    g = torch.Generator().manual_seed(step)
-    side = CONFIGS[name]["sample_size"]
-    latents = torch.randn(rows, 4, side, side, generator=g).to(dtype)
-    t = torch.full((rows,), 999 - step * (1000 // steps))
-    if name == "dit-xl-2":
-        labels = torch.randint(0, 1000, (rows,), generator=g)
-        return (latents, t), {"class_labels": labels, "return_dict": False}
-    text = torch.randn(rows, TEXT_TOKENS, 4096, generator=g).to(dtype)
-    added = {"resolution": None, "aspect_ratio": None}
-    return (latents,), {"encoder_hidden_states": text, "timestep": t, "added_cond_kwargs": added, "return_dict": False}
-
-
-class _Clock:
-    """The step tracker counts ``scheduler.step`` calls; nothing else of a scheduler is needed."""
-
-    timesteps: torch.Tensor | None = None
-
-    def set_timesteps(self, steps: int) -> None:
-        self.timesteps = torch.arange(steps, 0, -1).float()
-
-    def step(self) -> None:
-        return None
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="models of the MACs table")
+    p.add_argument("--build-models", default="dit-xl-2,pixart-sigma")
+    p.add_argument("--depths", default="2,4", help="blocks kept, for DiT-XL/2 (PixArt-Sigma: half, at least 1)")
+    p.add_argument("--speed-depth", type=int, default=2)
+    p.add_argument("--batches", default="1,4,16")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--genomes", type=int, default=4, help="random schedules a worker runs")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--stages", type=int, default=10)
+    p.add_argument("--samples", type=int, default=1, help="samples per call (rows: twice, with guidance)")
+    p.add_argument("--importance", default="magnitude")
+    p.add_argument("--levels", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cpu", action="store_true", help="measure on the CPU even where CUDA is present")
+    p.add_argument(
+        "--parts",
+        default="macs,build,speed",
+        help="what to measure (worker runs with build); the parts not measured are kept from the saved results",
+    )
+    p.add_argument("--no-save", action="store_true")
+    p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)  # child process: one measurement
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--depth", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
 
 
-class Rig:
-    """The smallest "pipeline" ``build_library`` accepts: a denoiser, a clock, one fresh call per step."""
-
-    def __init__(self, name: str, model: torch.nn.Module, rows: int, dtype: torch.dtype) -> None:
-        self.name, self.transformer, self.rows, self.dtype = name, model, rows, dtype
-        self.scheduler = _Clock()
-
-    def run(self, pipe: Rig, steps: int) -> None:
-        self.scheduler.set_timesteps(steps)
-        for step in range(steps):
-            args, kwargs = make_call(self.name, self.rows, step, steps, self.dtype)
-            self.transformer(*args, **kwargs)
-            self.scheduler.step()
+def _child(argv: list[str], part: str, model: str, depth: int, folder: str) -> dict[str, Any]:
+    flags = ["--part", part, "--model", model, "--depth", str(depth), "--folder", folder]
+    cmd = [sys.executable, "-m", "benchmarks.real_size", *argv, *flags]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{part} {model} depth {depth} failed:\n{done.stderr[-3000:]}")
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-    return kb / 2**20
+def _depths(model: str, depths: list[int]) -> list[int]:
+    # PixArt-Sigma at 512 px runs 4x DiT-XL/2's tokens per block: half the blocks keep its build time alike
+    return depths if model == "dit-xl-2" else sorted({max(1, d // 2) for d in depths})
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """One build in this process (the child side)."""
-    from diffes.pruning import PruningConfig, build_library
-
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    dtype = getattr(torch, args.dtype)
-    model = build_model(args.model, args.depth, dtype)
-    rows = 2 * args.samples
-    call_args, call_kwargs = make_call(args.model, rows, 0, args.steps, dtype)
-    tensors = [t for t in [*call_args, *call_kwargs.values()] if isinstance(t, torch.Tensor)]
-    call_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    rig = Rig(args.model, model, rows, dtype)
-    config = PruningConfig(
-        importance=args.importance, stages=args.stages, steps=args.steps, compensate=True, levels=args.levels
-    )
-    before = _rss_gb()
-    start = time.perf_counter()
-    library = build_library(rig, config, run=rig.run, progress=False)
-    seconds = time.perf_counter() - start
-    gb = 2**30
-    return {
-        "model": args.model,
-        "depth": args.depth,
-        "dtype": args.dtype,
-        "steps": args.steps,
-        "stages": args.stages,
-        "levels": len(config.levels),
-        "importance": args.importance,
-        "rows_per_call": rows,
-        "params_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / gb,
-        "rss_before_gb": before,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "grams_gb": sum(t.numel() * t.element_size() for d in library.grams for t in d.values()) / gb,
-        "call_inputs_gb": call_bytes / gb,
-        "build_s": seconds,
-    }
+    if args.part:
+        print(json.dumps(PARTS[args.part](args)))
+        return
+    own = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--no-save"]
+    wanted = set(args.parts.split(","))
+    result: dict[str, Any] = {"macs": [], "build": [], "worker": [], "speed": []}
+    if wanted != {"macs", "build", "speed"} and (RESULTS / "real_size.json").is_file():
+        result.update(json.loads((RESULTS / "real_size.json").read_text()))  # keep what is not measured now
+    result["args"] = vars(args)
+    if "macs" in wanted:
+        result["macs"] = parts.macs(args)
+    for part in ("build", "worker", "speed"):
+        if part in wanted or (part == "worker" and "build" in wanted):
+            result[part] = []
+    for model in args.build_models.split(","):
+        for depth in _depths(model, [int(d) for d in args.depths.split(",")]):
+            speed = "speed" in wanted and depth == _depths(model, [args.speed_depth])[0]
+            if "build" not in wanted and not speed:
+                continue
+            folder = tempfile.mkdtemp(prefix="diffes-real-size-") + "/library"
+            try:
+                if "build" in wanted:
+                    result["build"].append(_child(own, "build", model, depth, folder))
+                    result["worker"].append(_child(own, "worker", model, depth, folder))
+                if speed:
+                    result["speed"].append(_child(own, "speed", model, depth, folder))
+            finally:
+                shutil.rmtree(folder.rsplit("/", 1)[0], ignore_errors=True)
+    markdown = tables(result)
+    if args.no_save:
+        print(markdown)
+    else:
+        from benchmarks.common import save
+
+        save("real_size", result, markdown)
 
 
-def _fit(depths: list[int], values: list[float], at: int) -> float:
+def fit(depths: list[int], values: list[float], at: int) -> float:
     """The least-squares line through (depth, value), read at ``at``."""
     n = len(depths)
     mean_d, mean_v = sum(depths) / n, sum(values) / n
@@ -166,64 +136,83 @@ def _fit(depths: list[int], values: list[float], at: int) -> float:
     return mean_v + slope * (at - mean_d)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--depths", default="2,4")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--stages", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=1, help="samples per call (rows: twice, with guidance)")
-    parser.add_argument("--importance", default="magnitude")
-    parser.add_argument("--levels", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-save", action="store_true")
-    parser.add_argument("--model", help=argparse.SUPPRESS)  # child process: one build
-    parser.add_argument("--depth", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.model:
-        print(json.dumps(measure(args)))
-        return
-    rows = []
-    for model in args.models.split(","):
-        for depth in [int(d) for d in args.depths.split(",")]:
-            child = [*(sys.argv[1:] if argv is None else argv), "--model", model, "--depth", str(depth)]
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.real_size", *child],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+def tables(result: dict[str, Any]) -> str:
+    gb = 2**30
     lines = [
-        "| model | depth | params GB | RSS before GB | peak RSS GB | build GB (peak - before) | Grams GB "
-        "| one call's inputs GB | build s |",
+        "| model | params (M) | GMACs per call | of which attention matmuls | published | library on disk GB "
+        "| build disk GB | build driver (x params) | worker (x params) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for model in args.models.split(","):
-        measured = [r for r in rows if r["model"] == model]
-        for r in measured:
-            lines.append(
-                f"| {model} | {r['depth']} | {r['params_gb']:.3f} | {r['rss_before_gb']:.2f} | "
-                f"{r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] - r['rss_before_gb']:.2f} | {r['grams_gb']:.3f} | "
-                f"{r['call_inputs_gb']:.4f} | {r['build_s']:.0f} |"
-            )
-        if len(measured) > 1:
-            depths = [r["depth"] for r in measured]
-            fit = {k: _fit(depths, [r[k] for r in measured], FULL_DEPTH) for k in ("params_gb", "grams_gb", "build_s")}
-            build = _fit(depths, [r["peak_rss_gb"] - r["rss_before_gb"] for r in measured], FULL_DEPTH)
-            lines.append(
-                f"| {model} | {FULL_DEPTH} (linear fit) | {fit['params_gb']:.3f} | | | {build:.2f} | "
-                f"{fit['grams_gb']:.3f} | | {fit['build_s']:.0f} |"
-            )
-    markdown = "\n".join(lines)
-    if args.no_save:
-        print(markdown)
-    else:
-        from benchmarks.common import save
+    for r in result["macs"]:
+        e = r.get("estimate")
+        pub = f"{r['published_gmacs']:.1f}" if r["published_gmacs"] else "-"
+        cells = (
+            [
+                f"{e['library_disk_bytes'] / gb:.1f}",
+                f"{e['build_disk_bytes'] / gb:.1f}",
+                f"{e['driver_bytes'] / e['dense_bytes']:.2f}",
+                f"{e['worker_bytes'] / e['dense_bytes']:.2f}",
+            ]
+            if e
+            else ["not traced"] * 4
+        )
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.0f} | {r['gmacs']:.1f} | {r['attention_gmacs']:.1f} | {pub} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += ["", _build_table(result), "", _speed_table(result)]
+    return "\n".join(lines)
 
-        save("real_size", {"args": vars(args), "rows": rows}, markdown)
+
+def _build_table(result: dict[str, Any]) -> str:
+    """Measured per depth (with the estimate in brackets), and the linear fit read at full depth."""
+    gb = 2**30
+    lines = [
+        "| model | depth | params GB | build peak RSS GB | build peak over the model GB (est.) | calibrate s "
+        "| solve s | disk GB (est.) | worker library RSS GB (est.) | switch ms cold / warm | call ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for model in sorted({r["model"] for r in result["build"]}):
+        builds = [r for r in result["build"] if r["model"] == model]
+        workers = [r for r in result["worker"] if r["model"] == model]
+        for b, w in zip(builds, workers):
+            e = b["estimate"]
+            lines.append(
+                f"| {model} | {b['depth']} | {b['params_gb']:.2f} | {b['peak_rss_gb']:.2f} | "
+                f"{b['peak_rss_gb'] - b['rss_before_gb']:.2f} ({(e['driver_bytes'] - e['dense_bytes']) / gb:.2f}) | "
+                f"{b['calibrate_s']:.0f} | {b['solve_s']:.0f} | {b['disk_gb']:.2f} ({e['library_disk_bytes'] / gb:.2f}) "
+                f"| {w['library_rss_gb']:.2f} ({e['worker_bytes'] / gb:.2f}) | "
+                f"{w['switch_cold_ms']:.0f} / {w['switch_warm_ms'] or 0:.0f} | {w['forward_ms']:.0f} |"
+            )
+        if len(builds) > 1:
+            d, full = [b["depth"] for b in builds], FULL_DEPTH[model]
+            f = {k: fit(d, [b[k] for b in builds], full) for k in ("params_gb", "peak_rss_gb", "disk_gb")}
+            f.update({k: fit(d, [b[k] for b in builds], full) for k in ("calibrate_s", "solve_s")})
+            over = fit(d, [b["peak_rss_gb"] - b["rss_before_gb"] for b in builds], full)
+            lib = fit(d, [w["library_rss_gb"] for w in workers], full)
+            p = f["params_gb"]
+            lines.append(
+                f"| {model} | **{full}** (linear fit) | {p:.2f} | {f['peak_rss_gb']:.2f} "
+                f"(**{f['peak_rss_gb'] / p:.2f}x** params) | {over:.2f} | {f['calibrate_s']:.0f} | {f['solve_s']:.0f} "
+                f"| {f['disk_gb']:.1f} | {lib:.2f} (**{lib / p:.2f}x** params) | | |"
+            )
+    return "\n".join(lines)
+
+
+def _speed_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| model | depth | routing | schedule | batch | MACs speed-up | stitched copies | routed | routed / stitched |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in result["speed"]:
+        for r in s["rows"]:
+            lines.append(
+                f"| {s['model']} | {s['depth']} | {r['mode']} | {r['schedule']} | {r['batch']} | "
+                f"{r['macs_speedup']:.2f}x | {r['stitched_speedup']:.2f}x | {r['routed_speedup']:.2f}x | "
+                f"{r['routed_over_stitched']:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
