@@ -181,8 +181,9 @@ def _build_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {model} | {b['depth']} | {b['params_gb']:.2f} | {b['peak_rss_gb']:.2f} | "
                 f"{b['peak_rss_gb'] - b['rss_before_gb']:.2f} ({(e['driver_bytes'] - e['dense_bytes']) / gb:.2f}) | "
-                f"{b['calibrate_s']:.0f} | {b['solve_s']:.0f} | {b['disk_gb']:.2f} ({e['library_disk_bytes'] / gb:.2f}) "
-                f"| {w['library_rss_gb']:.2f} ({e['worker_bytes'] / gb:.2f}) | "
+                f"{b['calibrate_s']:.0f} | {b['solve_s']:.0f} | "
+                f"{b['disk_gb']:.2f} ({e['library_disk_bytes'] / gb:.2f}) | "
+                f"{w['library_rss_gb']:.2f} ({e['worker_bytes'] / gb:.2f}) | "
                 f"{w['switch_cold_ms']:.0f} / {w['switch_warm_ms'] or 0:.0f} | {w['forward_ms']:.0f} |"
             )
         if len(builds) > 1:
