@@ -63,15 +63,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="what to measure (worker runs with build); the parts not measured are kept from the saved results",
     )
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--tables", action="store_true", help="only rewrite the markdown from the saved JSON")
     p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)  # child process: one measurement
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--depth", type=int, help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--cache-mb", type=float, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def _child(argv: list[str], part: str, model: str, depth: int, folder: str) -> dict[str, Any]:
-    flags = ["--part", part, "--model", model, "--depth", str(depth), "--folder", folder]
+def _child(argv: list[str], part: str, model: str, depth: int, folder: str, *extra: str) -> dict[str, Any]:
+    flags = ["--part", part, "--model", model, "--depth", str(depth), "--folder", folder, *extra]
     cmd = [sys.executable, "-m", "benchmarks.real_size", *argv, *flags]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.part:
         print(json.dumps(PARTS[args.part](args)))
         return
+    if args.tables:
+        (RESULTS / "real_size.md").write_text(tables(json.loads((RESULTS / "real_size.json").read_text())) + "\n")
+        return
     own = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--no-save"]
     wanted = set(args.parts.split(","))
     result: dict[str, Any] = {"macs": [], "build": [], "worker": [], "speed": []}
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 if "build" in wanted:
                     result["build"].append(_child(own, "build", model, depth, folder))
+                    # one process each: what one router frees, the allocator may keep for the next
+                    result["worker"].append(_child(own, "worker", model, depth, folder, "--cache-mb", "0"))
                     result["worker"].append(_child(own, "worker", model, depth, folder))
                 if speed:
                     result["speed"].append(_child(own, "speed", model, depth, folder))
@@ -157,7 +164,8 @@ def tables(result: dict[str, Any]) -> str:
             else ["not traced"] * 4
         )
         lines.append(
-            f"| {r['model']} | {r['params'] / 1e6:.0f} | {r['gmacs']:.1f} | {r['attention_gmacs']:.1f} | {pub} | "
+            f"| {r['model']}{' (estimate from 1-2 blocks, linear)' if r.get('estimate_from_depths') else ''} | "
+            f"{r['params'] / 1e6:.0f} | {r['gmacs']:.1f} | {r['attention_gmacs']:.1f} | {pub} | "
             + " | ".join(cells)
             + " |"
         )
@@ -166,37 +174,38 @@ def tables(result: dict[str, Any]) -> str:
 
 
 def _build_table(result: dict[str, Any]) -> str:
-    """Measured per depth (with the estimate in brackets), and the linear fit read at full depth."""
+    """Measured per depth (the estimate in brackets), and the linear fit read at full depth. A worker is measured
+    keeping only its active plan (what grows with depth) and with the default 256 MB plan cache."""
     gb = 2**30
     lines = [
-        "| model | depth | params GB | build peak RSS GB | build peak over the model GB (est.) | calibrate s "
-        "| solve s | disk GB (est.) | worker library RSS GB (est.) | switch ms cold / warm | call ms |",
+        "| model | depth | params GB | build peak RSS GB | calibrate s | solve s | library disk GB (est.) "
+        "| worker, active plan only: GB (est.) | worker, 256 MB plan cache: GB | switch ms cold / warm | call ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for model in sorted({r["model"] for r in result["build"]}):
         builds = [r for r in result["build"] if r["model"] == model]
-        workers = [r for r in result["worker"] if r["model"] == model]
-        for b, w in zip(builds, workers):
-            e = b["estimate"]
+        active = {w["depth"]: w for w in result["worker"] if w["model"] == model and w["plan_cache_mb"] == 0}
+        cached = {w["depth"]: w for w in result["worker"] if w["model"] == model and w["plan_cache_mb"] > 0}
+        for b in builds:
+            e, w0, w = b["estimate"], active[b["depth"]], cached[b["depth"]]
             lines.append(
                 f"| {model} | {b['depth']} | {b['params_gb']:.2f} | {b['peak_rss_gb']:.2f} | "
-                f"{b['peak_rss_gb'] - b['rss_before_gb']:.2f} ({(e['driver_bytes'] - e['dense_bytes']) / gb:.2f}) | "
                 f"{b['calibrate_s']:.0f} | {b['solve_s']:.0f} | "
                 f"{b['disk_gb']:.2f} ({e['library_disk_bytes'] / gb:.2f}) | "
-                f"{w['library_rss_gb']:.2f} ({e['worker_bytes'] / gb:.2f}) | "
-                f"{w['switch_cold_ms']:.0f} / {w['switch_warm_ms'] or 0:.0f} | {w['forward_ms']:.0f} |"
+                f"{w0['library_rss_gb']:.3f} ({b['estimate_worker_active_bytes'] / gb:.3f}) | "
+                f"{w['library_rss_gb']:.3f} | {w0['switch_cold_ms']:.0f} / {w['switch_warm_ms'] or 0:.0f} | "
+                f"{w['forward_ms']:.0f} |"
             )
         if len(builds) > 1:
             d, full = [b["depth"] for b in builds], FULL_DEPTH[model]
             f = {k: fit(d, [b[k] for b in builds], full) for k in ("params_gb", "peak_rss_gb", "disk_gb")}
             f.update({k: fit(d, [b[k] for b in builds], full) for k in ("calibrate_s", "solve_s")})
-            over = fit(d, [b["peak_rss_gb"] - b["rss_before_gb"] for b in builds], full)
-            lib = fit(d, [w["library_rss_gb"] for w in workers], full)
+            lib = fit(d, [active[x]["library_rss_gb"] for x in d], full)
             p = f["params_gb"]
             lines.append(
                 f"| {model} | **{full}** (linear fit) | {p:.2f} | {f['peak_rss_gb']:.2f} "
-                f"(**{f['peak_rss_gb'] / p:.2f}x** params) | {over:.2f} | {f['calibrate_s']:.0f} | {f['solve_s']:.0f} "
-                f"| {f['disk_gb']:.1f} | {lib:.2f} (**{lib / p:.2f}x** params) | | |"
+                f"(**{f['peak_rss_gb'] / p:.2f}x** params) | {f['calibrate_s']:.0f} | {f['solve_s']:.0f} | "
+                f"{f['disk_gb']:.1f} | {lib:.2f} (**{lib / p:.2f}x** params) | | | |"
             )
     return "\n".join(lines)
 

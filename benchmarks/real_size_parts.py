@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import resource
 import statistics
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.real_size_models import MODELS, PUBLISHED_GMACS, Rig, build_model, make_call
+from benchmarks.real_size_models import FULL_DEPTH, MODELS, PUBLISHED_GMACS, Rig, build_model, make_call
 
 GB = 2**30
 
@@ -75,11 +76,29 @@ def macs(args: argparse.Namespace) -> list[dict[str, Any]]:
         try:
             est = estimate_library(model, structure_of(model, call, config_for(args)), config_for(args))
             row["estimate"] = {k: v for k, v in est.__dict__.items() if k != "plan_bytes"}
-        except Exception as e:  # a structure the tracer does not support yet: say so in the table
+        except Exception as e:
+            # torch-pruning 1.6 cannot trace a full-depth Flux (its channel inference stops after 500 graph visits
+            # and a concat's split comes out None); every estimate term is linear in the block count
             row["estimate_error"] = f"{type(e).__name__}: {str(e)[:160]}"
+            if name in FULL_DEPTH:
+                row["estimate"] = _linear_estimate(name, args, call)
+                row["estimate_from_depths"] = [1, 2]
         rows.append(row)
         print(row, flush=True)
     return rows
+
+
+def _linear_estimate(name: str, args: argparse.Namespace, call: Any) -> dict[str, int]:
+    from diffes.pruning.estimate import estimate_library, structure_of
+
+    rows = []
+    for depth in (1, 2):
+        with torch.device("meta"):
+            model = build_model(name, depth)
+        est = estimate_library(model, structure_of(model, call, config_for(args)), config_for(args))
+        rows.append({k: v for k, v in est.__dict__.items() if k != "plan_bytes"})
+    full = FULL_DEPTH[name]
+    return {k: int(rows[0][k] + (rows[1][k] - rows[0][k]) * (full - 1)) for k in rows[0]}
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,6 +124,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     assert library.store is not None
     est = estimate_library(model, library.structure, library.config)
+    active = estimate_library(model, library.structure, dataclasses.replace(library.config, plan_cache_mb=0))
     return {
         "part": "build",
         "model": args.model,
@@ -124,15 +144,16 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         "solve_s": times["solved"] - times["calibrated"],
         "build_s": seconds,
         "estimate": {k: v for k, v in est.__dict__.items() if k != "plan_bytes"},
+        "estimate_worker_active_bytes": active.worker_bytes,
     }
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """A search worker's life: the model, the library from ``args.folder``, a router bounded as a run bounds it,
     and random schedules, each stage switched to and run once. Peak RSS (mapped plan pages included) over the
-    dense model's own, and how long a switch takes with plans read lazily from disk."""
+    dense model's own, and how long a switch takes with plans read lazily from disk. ``--cache-mb`` overrides
+    the library's ``plan_cache_mb`` (0 keeps only the active plan's table: what grows with depth)."""
     from diffes.pruning import PruningLibrary
-    from diffes.routing.router import Router
 
     dtype, device = getattr(torch, args.dtype), device_of(args)
     model = build_model(args.model, args.depth, dtype).to(device)
@@ -140,13 +161,31 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         model(*call[0], **call[1])  # the allocator's working set of a dense call belongs to the dense model
     library = PruningLibrary.load(args.folder)
-    params_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / GB  # before routing slices them
+    row: dict[str, Any] = {
+        "part": "worker",
+        "model": args.model,
+        "depth": args.depth,
+        "dtype": args.dtype,
+        "device": str(device),
+        "genomes": args.genomes,
+        "params_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / GB,
+    }
+    cache_mb = library.config.plan_cache_mb if args.cache_mb is None else args.cache_mb
+    row["plan_cache_mb"] = cache_mb
+    return {**row, **_worker_run(args, model, library, call, device, cache_mb)}
+
+
+def _worker_run(
+    args: argparse.Namespace, model: torch.nn.Module, library: Any, call: Any, device: torch.device, cache_mb: float
+) -> dict[str, Any]:
+    from diffes.routing.router import Router
+
     base = rss_gb()
     reset_peak()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         cuda_base = torch.cuda.memory_allocated()
-    router = Router(model, library, cache_mb=library.config.plan_cache_mb)
+    router = Router(model, library, cache_mb=cache_mb)
     rng = random.Random(0)
     cold, warm, forward = [], [], []
     with torch.no_grad():
@@ -162,15 +201,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 _sync(device)
                 (warm if known else cold).append(t1 - t0)
                 forward.append(time.perf_counter() - t1)
-    return {
-        "part": "worker",
-        "model": args.model,
-        "depth": args.depth,
-        "dtype": args.dtype,
-        "device": str(device),
-        "genomes": args.genomes,
-        "plan_cache_mb": library.config.plan_cache_mb,
-        "params_gb": params_gb,
+    out = {
         "library_rss_gb": _status("VmHWM") - base,
         "library_cuda_gb": (torch.cuda.max_memory_allocated() - cuda_base) / GB if device.type == "cuda" else None,
         "switch_cold_ms": 1000 * statistics.median(cold) if cold else None,
@@ -178,6 +209,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "forward_ms": 1000 * statistics.median(forward),
         "tables_kept": len(router.tables),
     }
+    router.remove()
+    return out
 
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
