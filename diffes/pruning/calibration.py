@@ -11,6 +11,7 @@ probes, not for libraries.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -164,14 +165,17 @@ def _patches(module: Any, x: torch.Tensor) -> torch.Tensor:
 
 class GramSums:
     """Per consumer, the sum of [x, 1][x, 1]^T over the rows of the calls made while ``on`` (float64 from any
-    input dtype: a float16 input's squares and sums never overflow). ``hooks()`` registers one forward pre-hook
-    per consumer; ``result()`` is the mean over rows, on the CPU, and starts the next stage's sums."""
+    input dtype: a float16 input's squares and sums never overflow), kept as its upper triangle: a symmetric
+    float64 matrix packed takes the memory of a float32 one, and a stage's sums are the largest thing a build
+    holds. ``hooks()`` registers one forward pre-hook per consumer; ``result()`` gives the float32 mean Grams
+    and the float64 mean squares (their diagonals), on the CPU, and starts the next stage's sums."""
 
     def __init__(self, model: nn.Module, consumers: list[str]) -> None:
         self.model, self.consumers = model, consumers
         self.on = False
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
+        self._upper: dict[tuple[int, str], torch.Tensor] = {}
 
     def hooks(self) -> list[Callable[[], RemovableHandle]]:
         return [partial(self.model.get_submodule(n).register_forward_pre_hook, self._hook(n)) for n in self.consumers]
@@ -183,18 +187,37 @@ class GramSums:
 
         return hook
 
+    def upper(self, size: int, device: torch.device) -> torch.Tensor:
+        """Row and column of each upper-triangle entry of a ``size`` square matrix, in packing order."""
+        key = (size, str(device))
+        if key not in self._upper:
+            self._upper[key] = torch.triu_indices(size, size, device=device)
+        return self._upper[key]
+
     def add(self, name: str, rows: torch.Tensor) -> None:
         rows = rows.double()
         rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)], 1)
-        gram = rows.T @ rows
-        self.sums[name] = self.sums[name] + gram if name in self.sums else gram
+        i, j = self.upper(rows.shape[1], rows.device)
+        packed = (rows.T @ rows)[i, j]
+        if name in self.sums:
+            self.sums[name].add_(packed)
+        else:
+            self.sums[name] = packed
         self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
 
-    def result(self) -> dict[str, torch.Tensor]:
-        # divided in place: a stage's float64 sums are the largest thing a build holds; never hold them twice
-        means = {n: self.sums.pop(n).div_(self.counts[n]).cpu() for n in self.consumers}
+    def result(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        grams, squares = {}, {}
+        for n in self.consumers:
+            packed = self.sums.pop(n).div_(self.counts[n])  # one consumer's sums let go at a time
+            size = int((math.isqrt(8 * packed.numel() + 1) - 1) // 2)
+            i, j = self.upper(size, packed.device)
+            full = torch.empty(size, size, dtype=torch.float32, device=packed.device)
+            full[i, j] = packed.float()
+            full[j, i] = full[i, j]
+            squares[n] = packed[i == j].cpu()
+            grams[n] = full.cpu()
         self.counts = {}
-        return means
+        return grams, squares
 
 
 @dataclass
@@ -300,19 +323,18 @@ class _Stream(StepAwareHook):
             return
         result, config = self.result, self.config
         assert result is not None
-        grams = self.grams.result() if self.grams is not None else None
+        grams, squares = self.grams.result() if self.grams is not None else (None, None)
         groups = result.structure.groups
-        result.scores.append(width_scores(config.importance, self.model, groups, result.tp_groups, grams, self.taylor))
+        scores = width_scores(config.importance, self.model, groups, result.tp_groups, squares, self.taylor)
+        result.scores.append(scores)
         if self.blocks is not None:
             result.depth.append(self.blocks.result(self.calls))
         if config.compensate and grams is not None:
-            # kept (and saved) in float32: a library read back from disk then compensates identically; each
-            # float64 Gram is let go as soon as its float32 copy exists
-            grams32 = {name: grams.pop(name).float() for name in list(grams)}
+            # kept (and saved) in float32: a library read back from disk then compensates identically
             if self.spill is not None:
-                self.spill(self.stage, grams32)  # to disk: a build holds one stage's Grams, not all
+                self.spill(self.stage, grams)  # to disk: a build holds one stage's Grams, not all
             else:
-                result.grams.append(grams32)
+                result.grams.append(grams)
         self.calls, self.stage = 0, -1
         self.progress.update(1)
 

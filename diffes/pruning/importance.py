@@ -112,13 +112,15 @@ class TaylorScores:
 
 
 def activation_scores(
-    model: nn.Module, groups: list[UnitGroup], grams: dict[str, torch.Tensor]
+    model: nn.Module, groups: list[UnitGroup], squares: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
+    """Per unit, sum over its consumer columns of E[x_j^2] ||W[:, j]||^2 (``squares``: each consumer's mean
+    squared inputs, the diagonal of its Gram)."""
     out = {}
     for g in groups:
         consumer: Any = model.get_submodule(g.consumer)
         weight = consumer.weight.detach().double().cpu()
-        energy = grams[g.consumer].diagonal()[:-1]  # E[x_j^2]; the bias row is last
+        energy = squares[g.consumer][:-1]  # E[x_j^2]; the bias row is last
         # columns are (in_channel, kh, kw) for a conv, the same order as the Gram's unfolded rows
         per_col = weight.pow(2).sum(0).flatten()
         channel = (per_col * energy).reshape(weight.shape[1], -1).sum(1)
@@ -171,16 +173,17 @@ def width_scores(
     model: nn.Module,
     groups: list[UnitGroup],
     tp_groups: dict[str, Any],
-    grams: dict[str, torch.Tensor] | None,
+    squares: dict[str, torch.Tensor] | None,
     taylor: TaylorScores | None,
 ) -> dict[str, torch.Tensor]:
-    """A stage's unit scores, once its calls have been streamed (``taylor`` holds their Taylor totals)."""
+    """A stage's unit scores, once its calls have been streamed (``taylor`` holds their Taylor totals,
+    ``squares`` the consumers' mean squared inputs)."""
     if criterion == "magnitude":
         return magnitude_scores(groups, tp_groups)
     if criterion == "taylor":
         assert taylor is not None
         return taylor.result(next(model.parameters()).dtype)
     if criterion == "activation":
-        assert grams is not None
-        return activation_scores(model, groups, grams)
+        assert squares is not None
+        return activation_scores(model, groups, squares)
     raise ConfigError("importance", criterion, f"choose one of {', '.join(IMPORTANCE)}")

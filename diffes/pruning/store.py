@@ -72,9 +72,6 @@ class PlanStore:
         file = TensorFile(self.path(stage, level))
         return file.get(file.keys())
 
-    def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.glob("plan_*.safetensors"))
-
 
 @dataclass(frozen=True)
 class GramSpill:
@@ -90,6 +87,3 @@ class GramSpill:
 
     def file(self, stage: int) -> TensorFile:
         return TensorFile(self.path(stage))
-
-    def remove(self, stage: int) -> None:
-        self.path(stage).unlink(missing_ok=True)
