@@ -7,8 +7,8 @@ R_l the replacement bytes of one plan at level l (each consumer refit to its kep
 
 - library on disk (compensated): S x sum over levels l >= 1 of R_l, plus the unit scores;
 - build, disk: the library plus S x G of Grams spilled until every stage is solved;
-- build, driver memory: D (the model) + 2 G (one stage's Gram sums, accumulated in float64) + the
-  activations of one calibration call;
+- build, driver memory: D (the model) + G (one stage's Gram sums, float64 upper triangles) + twice the
+  largest consumer's Gram (its float64 product of one call) + the activations of one calibration call;
 - search worker, beyond the dense model: the gather buffers of the tensors a plan slices (gather routing:
   a non-nested library; nested ones route by views) + the routing tables kept, at least the active plan's
   R_1, at most ``plan_cache_mb`` (or every plan, where they all fit).
@@ -67,6 +67,7 @@ def estimate_library(
     consumers = sorted(structure.consumers())
     columns = {c: _weight(model, c)[0].numel() for c in consumers}
     grams = sum((n + 1) ** 2 for n in columns.values()) * 4 if config.compensate else 0
+    largest = max((n + 1) ** 2 for n in columns.values()) * 4 if config.compensate and columns else 0
     plans = tuple(_plan_bytes(model, shapes, structure, config, level, size) for level in range(len(config.levels)))
     scores = sum(g.num_units for g in structure.groups) * 4 * config.stages
     disk = config.stages * sum(plans) + scores
@@ -79,7 +80,7 @@ def estimate_library(
         plan_bytes=plans,
         library_disk_bytes=disk,
         build_disk_bytes=disk + config.stages * grams,
-        driver_bytes=dense + 2 * grams,
+        driver_bytes=dense + grams + 2 * largest,
         worker_bytes=sliced + tables,
     )
 
