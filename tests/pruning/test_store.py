@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -72,12 +73,20 @@ def test_a_library_missing_a_plan_file_is_refused(built: tuple[PruningLibrary, P
 
 
 def _dies_once(folder: str, stage: int, threads: int | None) -> int:
-    """``solve_stage``, but the first attempt at stage 1 kills its own worker once it has written a plan."""
+    """``solve_stage``, but the first attempt at stage 1 kills its own worker (SIGKILL) mid-stage, right after
+    writing its first plan: the retry keeps that plan and solves the rest."""
+    from diffes.pruning.store import PlanStore
+
     marker = Path(folder).parent / "died"
     if stage == 1 and not marker.exists():
-        solve_stage(folder, stage, threads)  # the retry must cope with what the dead attempt left
         marker.touch()
-        os.kill(os.getpid(), signal.SIGKILL)
+        write = PlanStore.write
+
+        def write_then_die(self: PlanStore, *args: Any) -> None:
+            write(self, *args)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        PlanStore.write = write_then_die  # type: ignore[method-assign]  # this worker dies with it
     return solve_stage(folder, stage, threads)
 
 
