@@ -178,7 +178,8 @@ def _build_table(result: dict[str, Any]) -> str:
     keeping only its active plan (what grows with depth) and with the default 256 MB plan cache."""
     gb = 2**30
     lines = [
-        "| model | depth | params GB | build peak RSS GB | calibrate s | solve s | library disk GB (est.) "
+        "| model | depth | params GB | build peak RSS GB: calibrating / solving | calibrate s | solve s "
+        "| library disk GB (est.) "
         "| worker, active plan only: GB (est.) | worker, 256 MB plan cache: GB | switch ms cold / warm | call ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -189,7 +190,8 @@ def _build_table(result: dict[str, Any]) -> str:
         for b in builds:
             e, w0, w = b["estimate"], active[b["depth"]], cached[b["depth"]]
             lines.append(
-                f"| {model} | {b['depth']} | {b['params_gb']:.2f} | {b['peak_rss_gb']:.2f} | "
+                f"| {model} | {b['depth']} | {b['params_gb']:.2f} | "
+                f"{b['calibrate_peak_rss_gb']:.2f} / {b['solve_peak_rss_gb']:.2f} | "
                 f"{b['calibrate_s']:.0f} | {b['solve_s']:.0f} | "
                 f"{b['disk_gb']:.2f} ({e['library_disk_bytes'] / gb:.2f}) | "
                 f"{w0['library_rss_gb']:.3f} ({b['estimate_worker_active_bytes'] / gb:.3f}) | "
@@ -198,13 +200,15 @@ def _build_table(result: dict[str, Any]) -> str:
             )
         if len(builds) > 1:
             d, full = [b["depth"] for b in builds], FULL_DEPTH[model]
-            f = {k: fit(d, [b[k] for b in builds], full) for k in ("params_gb", "peak_rss_gb", "disk_gb")}
+            keys = ("params_gb", "calibrate_peak_rss_gb", "solve_peak_rss_gb", "disk_gb")
+            f = {k: fit(d, [b[k] for b in builds], full) for k in keys}
             f.update({k: fit(d, [b[k] for b in builds], full) for k in ("calibrate_s", "solve_s")})
             lib = fit(d, [active[x]["library_rss_gb"] for x in d], full)
             p = f["params_gb"]
             lines.append(
-                f"| {model} | **{full}** (linear fit) | {p:.2f} | {f['peak_rss_gb']:.2f} "
-                f"(**{f['peak_rss_gb'] / p:.2f}x** params) | {f['calibrate_s']:.0f} | {f['solve_s']:.0f} | "
+                f"| {model} | **{full}** (linear fit) | {p:.2f} | {f['calibrate_peak_rss_gb']:.2f} / "
+                f"{f['solve_peak_rss_gb']:.2f} (**{max(f['calibrate_peak_rss_gb'], f['solve_peak_rss_gb']) / p:.2f}x** "
+                f"params) | {f['calibrate_s']:.0f} | {f['solve_s']:.0f} | "
                 f"{f['disk_gb']:.1f} | {lib:.2f} (**{lib / p:.2f}x** params) | | | |"
             )
     return "\n".join(lines)

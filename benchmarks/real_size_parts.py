@@ -115,6 +115,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     class TimedSolver(LocalSolver):
         def __call__(self, folder: Path, stages: list[int], progress: bool) -> None:
             times["calibrated"] = time.perf_counter()
+            times["calibrate_peak_rss_gb"] = _status("VmHWM")  # grows with depth; the solve's peak does not
+            reset_peak()
             super().__call__(folder, stages, progress)
             times["solved"] = time.perf_counter()
 
@@ -137,6 +139,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         "rows_per_call": rows,
         "params_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / GB,
         "rss_before_gb": before,
+        "calibrate_peak_rss_gb": times["calibrate_peak_rss_gb"],
+        "solve_peak_rss_gb": _status("VmHWM"),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "cuda_peak_gb": torch.cuda.max_memory_allocated() / GB if device.type == "cuda" else None,
         "disk_gb": sum(p.stat().st_size for p in Path(args.folder).rglob("*") if p.is_file()) / GB,
