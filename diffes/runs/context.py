@@ -44,6 +44,7 @@ __all__ = [
     "sensitivity_seeds",
 ]
 
+RAY_SOLVE_BYTES = 256 * 2**20  # plans below this much are solved on the driver (milliseconds to seconds)
 JOINT_FILE = "joint.json"  # a joint search's step grid and how many of each count's steps fall in each stage
 SENSITIVITY_FILE = "sensitivity.json"  # per step and block, the output change when the block is pruned or cached
 SENSITIVITY_PROBES = 8  # the first probes (one per condition first) carry the measurement
@@ -92,12 +93,15 @@ def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Samp
         _check_blocks(adapter)  # before the library is built: a UNet has no blocks to measure
     conditions = run_conditions(config, adapter)
     if not run.has_library():
-        check_free_disk(run.path, estimate_for(adapter, conditions, config).build_disk_bytes)
+        estimate = estimate_for(adapter, conditions, config)
+        check_free_disk(run.path, estimate.build_disk_bytes)
         run_fn = calibration_runner(
             adapter, conditions, config.pruning.calibration_samples, config.search.seed, guidance, negative
         )
-        # solved on the run's Ray workers when it has them (connected by then); a partial folder is replaced
-        solver = RaySolver() if config.execution.executor == "ray" else LocalSolver()
+        # solved on the run's Ray cluster (connected by then), unless the plans are so small that starting Ray
+        # task workers (seconds each) would cost more than solving them here; a partial folder is replaced
+        on_ray = config.execution.executor == "ray" and estimate.library_disk_bytes > RAY_SOLVE_BYTES
+        solver = RaySolver() if on_ray else LocalSolver()
         build_library(adapter.pipe, config.pruning, run_fn, progress, run.library_dir, solver, replace=True)
     library = PruningLibrary.load(run.library_dir)  # one source of truth, fresh or resumed
     if run.has_teacher():
