@@ -29,7 +29,7 @@ __all__ = ["PruningConfig", "LevelCost", "PruningLibrary"]
 
 PLANS = "plans"  # the folder of a store-backed library's solved plans
 BUILDING = "building.json"  # library.json of a build whose plans are being solved
-SCHEMA = 3  # 3: compensated plans solved at build time in plans/, consumers in their own file; 2: no guidance_scale
+SCHEMA = 3  # 3: compensated plans solved at build time in plans/, no Grams in a built library; 2: no guidance_scale
 
 
 @dataclass
