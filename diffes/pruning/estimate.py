@@ -27,7 +27,7 @@ from diffes.pruning.cost import meta_copy
 from diffes.pruning.graph import PrunableStructure, trace_structure
 from diffes.pruning.plan import ModelShapes, kept_channels, make_plan
 
-__all__ = ["LibraryEstimate", "estimate_library", "structure_of"]
+__all__ = ["LibraryEstimate", "estimate_library", "structure_of", "build_disk_bound"]
 
 GB = 2**30
 
@@ -132,3 +132,15 @@ def structure_of(model: nn.Module, call: Call, config: PruningConfig) -> Prunabl
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         one = single_sample(call)
         return trace_structure(model, lambda m: run_call(m, one), depth=depth)[0]
+
+
+def build_disk_bound(model: nn.Module, config: PruningConfig) -> int:
+    """An upper bound of ``build_disk_bytes`` without tracing: every Linear and Conv2d taken as a consumer
+    refit whole at every level (what a run checks first; the traced estimate only when the bound is tight)."""
+    if not config.compensate:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    grams = sum((m.weight[0].numel() + 1) ** 2 for m in layers) * 4
+    size = next(model.parameters()).element_size()
+    weights = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in layers) * size
+    return config.stages * (grams + (len(config.levels) - 1) * weights)

@@ -16,10 +16,11 @@ from diffes.io import read_json, write_json
 from diffes.models.adapters import SamplingAdapter, adapter_for, calibration_runner
 from diffes.models.loading import load_pipeline
 from diffes.pruning.build import LocalSolver, RaySolver, build_library
+from diffes.pruning.estimate import build_disk_bound
 from diffes.pruning.library import PruningLibrary
 from diffes.routing.router import Router
 from diffes.runs.config import RunConfig
-from diffes.runs.dry_run import check_free_disk, estimate_for
+from diffes.runs.dry_run import check_free_disk, estimate_for, free_disk
 from diffes.runs.rundir import RunDir
 from diffes.schema import reading
 from diffes.search.genome import Budget, Genome
@@ -93,14 +94,18 @@ def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Samp
         _check_blocks(adapter)  # before the library is built: a UNet has no blocks to measure
     conditions = run_conditions(config, adapter)
     if not run.has_library():
-        estimate = estimate_for(adapter, conditions, config)
-        check_free_disk(run.path, estimate.build_disk_bytes)
+        # the traced estimate only where the untraced bound says the disk or the Ray threshold might matter
+        bound = build_disk_bound(adapter.denoiser, config.pruning)
+        close = bound > min(free_disk(run.path), RAY_SOLVE_BYTES)
+        needed = estimate_for(adapter, conditions, config) if close else None
+        check_free_disk(run.path, needed.build_disk_bytes if needed else bound)
         run_fn = calibration_runner(
             adapter, conditions, config.pruning.calibration_samples, config.search.seed, guidance, negative
         )
         # solved on the run's Ray cluster (connected by then), unless the plans are so small that starting Ray
         # task workers (seconds each) would cost more than solving them here; a partial folder is replaced
-        on_ray = config.execution.executor == "ray" and estimate.library_disk_bytes > RAY_SOLVE_BYTES
+        plans = needed.library_disk_bytes if needed else bound
+        on_ray = config.execution.executor == "ray" and plans > RAY_SOLVE_BYTES
         solver = RaySolver() if on_ray else LocalSolver()
         build_library(adapter.pipe, config.pruning, run_fn, progress, run.library_dir, solver, replace=True)
     library = PruningLibrary.load(run.library_dir)  # one source of truth, fresh or resumed

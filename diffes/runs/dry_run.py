@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from diffes.pruning.estimate import LibraryEstimate
     from diffes.runs.config import RunConfig
 
-__all__ = ["dry_run", "estimate_for", "check_free_disk"]
+__all__ = ["dry_run", "estimate_for", "check_free_disk", "free_disk"]
 
 GB = 2**30
 
@@ -54,9 +54,14 @@ def estimate_for(adapter: Any, conditions: list[Any], config: RunConfig) -> Libr
     return estimate_library(adapter.denoiser, structure, config.pruning)
 
 
+def free_disk(folder: Path) -> int:
+    """Free bytes where ``folder`` is (or will be)."""
+    return shutil.disk_usage(_existing(folder)).free
+
+
 def check_free_disk(folder: Path, needed: int) -> int:
     """Free bytes where ``folder`` is (or will be); a ConfigError when fewer than ``needed``."""
-    free = shutil.disk_usage(_existing(folder)).free
+    free = free_disk(folder)
     if free < needed:
         fix = (
             f"building the library needs {needed / GB:.2f} GB of disk and {free / GB:.2f} GB are free; free some, "

@@ -91,18 +91,18 @@ def _dies_once(folder: str, stage: int, threads: int | None) -> int:
 
 
 def test_ray_build_equals_local_build_and_survives_a_killed_worker(
-    ray_address: str, pipe: object, tmp_path: Path
+    ray_address: str, pipe: object, built: tuple[PruningLibrary, PruningLibrary], tmp_path: Path
 ) -> None:
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
-    local = tmp_path / "local"
-    build_library(pipe, CONFIG, progress=False, folder=local, solver=LocalSolver(threads=1))
-    built = build_library(pipe, CONFIG, progress=False, folder=tmp_path / "ray", solver=RaySolver(1, task=_dies_once))
+    assert built[1].store is not None
+    local = built[1].store.folder.parent  # the local build, one solver thread
+    on_ray = build_library(pipe, CONFIG, progress=False, folder=tmp_path / "ray", solver=RaySolver(1, task=_dies_once))
     assert (tmp_path / "died").exists()
     assert plan_files(tmp_path / "ray") == plan_files(local)
     assert (tmp_path / "ray" / "scores.safetensors").read_bytes() == (local / "scores.safetensors").read_bytes()
-    assert built.store is not None and built.store.folder == tmp_path / "ray" / "plans"
+    assert on_ray.store is not None and on_ray.store.folder == tmp_path / "ray" / "plans"
 
 
 def test_a_bounded_router_keeps_only_the_active_table_and_routes_exactly(
