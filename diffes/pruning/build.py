@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from diffes.errors import ConfigError
 from diffes.io import atomic_dir, write_tensors
 from diffes.models.steps import find_denoiser
-from diffes.pruning.calibration import Call, calibrate, map_tensors, run_call, single_sample
+from diffes.pruning.calibration import Call, calibrate, run_call
 from diffes.pruning.config import PruningConfig
-from diffes.pruning.cost import count_macs, count_params, meta_copy
-from diffes.pruning.library import PLANS, LevelCost, PruningLibrary
+from diffes.pruning.cost import count_macs, count_params, on_one_sample
+from diffes.pruning.library import BUILDING, PLANS, LevelCost, PruningLibrary
 from diffes.pruning.plan import ModelShapes, prune_copy
 from diffes.pruning.store import GramSpill, PlanStore, TensorFile
 from diffes.stages import StageSchedule
@@ -90,7 +90,7 @@ def build_library(
             library.save(tmp, complete=False)
             (solver or LocalSolver())(tmp, list(range(library.num_stages)), progress)
             shutil.rmtree(spill.folder)
-            (tmp / "building.json").unlink()
+            (tmp / BUILDING).unlink()
         library.save(tmp)
     return PruningLibrary.load(folder)
 
@@ -185,11 +185,7 @@ def level_costs(model: nn.Module, library: PruningLibrary, example: Call) -> lis
     The copies are made of a meta-device copy of the model, so counting costs no memory (at DiT-XL/2 scale a
     real copy per level was most of a build's peak); a model whose forward needs real values (one that reads
     a tensor's data) is counted on real copies instead, with the same result."""
-    try:
-        meta = map_tensors(single_sample(example), lambda t: t.to("meta"))
-        return _count_levels(meta_copy(model), library, meta)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        return _count_levels(model, library, single_sample(example))
+    return on_one_sample(model, example, lambda m, call: _count_levels(m, library, call))
 
 
 def _count_levels(model: nn.Module, library: PruningLibrary, call: Call) -> list[LevelCost]:

@@ -6,12 +6,17 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["count_macs", "module_macs", "count_params", "measure_latency", "meta_copy"]
+from diffes.pruning.calibration import Call, map_tensors, single_sample
+
+__all__ = ["count_macs", "module_macs", "count_params", "measure_latency", "meta_copy", "on_one_sample"]
+
+T = TypeVar("T")
 
 
 def _cpu_sdpa_flops(
@@ -50,6 +55,16 @@ def meta_copy(model: nn.Module) -> nn.Module:
         empty = torch.empty_like(t, device="meta")
         memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
     return copy.deepcopy(model, memo)
+
+
+def on_one_sample(model: nn.Module, call: Call, fn: Callable[[nn.Module, Call], T]) -> T:
+    """``fn(model, call)`` cut to the call's first sample, on a meta-device copy (no memory, no compute); a model
+    whose forward needs real values (one that reads a tensor's data) gets the real model instead."""
+    one = single_sample(call)
+    try:
+        return fn(meta_copy(model), map_tensors(one, lambda t: t.to("meta")))
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return fn(model, one)
 
 
 def count_params(model: nn.Module) -> int:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffes.pruning.calibration import Call, map_tensors, run_call, single_sample
+from diffes.pruning.calibration import Call, run_call
 from diffes.pruning.config import PruningConfig
-from diffes.pruning.cost import meta_copy
+from diffes.pruning.cost import on_one_sample
 from diffes.pruning.graph import PrunableStructure, trace_structure
 from diffes.pruning.plan import ModelShapes, kept_channels, make_plan
 
@@ -126,12 +126,7 @@ def structure_of(model: nn.Module, call: Call, config: PruningConfig) -> Prunabl
     """The structure a build would trace, traced on a meta-device copy (no memory, no compute); a model whose
     forward needs real values is traced for real, on one sample."""
     depth = config.axis == "depth"
-    try:
-        meta = map_tensors(single_sample(call), lambda t: t.to("meta"))
-        return trace_structure(meta_copy(model), lambda m: run_call(m, meta), depth=depth)[0]
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
-        one = single_sample(call)
-        return trace_structure(model, lambda m: run_call(m, one), depth=depth)[0]
+    return on_one_sample(model, call, lambda m, c: trace_structure(m, lambda x: run_call(x, c), depth=depth)[0])
 
 
 def build_disk_bound(model: nn.Module, config: PruningConfig) -> int:

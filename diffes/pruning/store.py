@@ -36,8 +36,10 @@ class TensorFile:
         with self._open() as f:
             return list(f.keys())
 
-    def get(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    def get(self, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors named (all of them by default)."""
         with self._open() as f:
+            keys = f.keys() if keys is None else keys
             # safetensors maps the file: each tensor reads its pages when used and gives them back when freed
             return {k: f.get_tensor(k) for k in keys}
 
@@ -69,8 +71,7 @@ class PlanStore:
         write_tensors(self.path(stage, level), replacements)
 
     def replacements(self, stage: int, level: int) -> dict[str, torch.Tensor]:
-        file = TensorFile(self.path(stage, level))
-        return file.get(file.keys())
+        return TensorFile(self.path(stage, level)).get()
 
 
 @dataclass(frozen=True)

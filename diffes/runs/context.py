@@ -107,8 +107,10 @@ def prepare(run: RunDir, config: RunConfig, progress: bool = True) -> tuple[Samp
         plans = needed.library_disk_bytes if needed else bound
         on_ray = config.execution.executor == "ray" and plans > RAY_SOLVE_BYTES
         solver = RaySolver() if on_ray else LocalSolver()
-        build_library(adapter.pipe, config.pruning, run_fn, progress, run.library_dir, solver, replace=True)
-    library = PruningLibrary.load(run.library_dir)  # one source of truth, fresh or resumed
+        # read back from the folder it was built in: the same library a resumed run loads
+        library = build_library(adapter.pipe, config.pruning, run_fn, progress, run.library_dir, solver, replace=True)
+    else:
+        library = PruningLibrary.load(run.library_dir)
     if run.has_teacher():
         teacher = Teacher.load(run.teacher_file)
     else:

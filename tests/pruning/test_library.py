@@ -77,7 +77,7 @@ def test_costs_fall_back_to_real_copies(library: PruningLibrary, monkeypatch: py
     def no_meta(model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError("no meta kernel")
 
-    monkeypatch.setattr("diffes.pruning.build.meta_copy", no_meta)
+    monkeypatch.setattr("diffes.pruning.cost.meta_copy", no_meta)
     assert [(c.macs, c.params) for c in level_costs(model, library, example)] == built
 
 
