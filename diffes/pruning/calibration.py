@@ -11,7 +11,6 @@ probes, not for libraries.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +22,9 @@ from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from diffes.errors import UnsupportedModelError
+from diffes.memory import release_freed_memory
 from diffes.models.steps import StepAwareHook, attach_hook, find_denoiser
+from diffes.pruning import gram
 from diffes.pruning.config import PruningConfig
 from diffes.pruning.graph import PrunableStructure, trace_structure
 from diffes.pruning.importance import BlockChanges, TaylorScores, width_scores
@@ -164,18 +165,17 @@ def _patches(module: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 class GramSums:
-    """Per consumer, the sum of [x, 1][x, 1]^T over the rows of the calls made while ``on`` (float64 from any
-    input dtype: a float16 input's squares and sums never overflow), kept as its upper triangle: a symmetric
-    float64 matrix packed takes the memory of a float32 one, and a stage's sums are the largest thing a build
-    holds. ``hooks()`` registers one forward pre-hook per consumer; ``result()`` gives the float32 mean Grams
-    and the float64 mean squares (their diagonals), on the CPU, and starts the next stage's sums."""
+    """Per consumer, the sum of [x, 1][x, 1]^T over the rows of the calls made while ``on``, in float64 from
+    any input dtype, as a blocked upper triangle (``gram.py``). ``hooks()`` registers one forward pre-hook per
+    consumer; ``result()`` hands over the stage's mean Grams, still packed (what a library keeps, spills and
+    solves from), and their diagonals (the mean squares), on the CPU, and starts the next stage's sums."""
 
     def __init__(self, model: nn.Module, consumers: list[str]) -> None:
         self.model, self.consumers = model, consumers
         self.on = False
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
-        self._upper: dict[tuple[int, str], torch.Tensor] = {}
+        self.sizes: dict[str, int] = {}
 
     def hooks(self) -> list[Callable[[], RemovableHandle]]:
         return [partial(self.model.get_submodule(n).register_forward_pre_hook, self._hook(n)) for n in self.consumers]
@@ -187,35 +187,19 @@ class GramSums:
 
         return hook
 
-    def upper(self, size: int, device: torch.device) -> torch.Tensor:
-        """Row and column of each upper-triangle entry of a ``size`` square matrix, in packing order."""
-        key = (size, str(device))
-        if key not in self._upper:
-            self._upper[key] = torch.triu_indices(size, size, device=device)
-        return self._upper[key]
-
     def add(self, name: str, rows: torch.Tensor) -> None:
         rows = rows.double()
         rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)], 1)
-        i, j = self.upper(rows.shape[1], rows.device)
-        packed = (rows.T @ rows)[i, j]
-        if name in self.sums:
-            self.sums[name].add_(packed)
-        else:
-            self.sums[name] = packed
+        if name not in self.sums:
+            self.sums[name], self.sizes[name] = gram.zeros(rows.shape[1], rows.device), rows.shape[1]
+        gram.add_rows_(self.sums[name], rows)
         self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
 
     def result(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         grams, squares = {}, {}
         for n in self.consumers:
-            packed = self.sums.pop(n).div_(self.counts[n])  # one consumer's sums let go at a time
-            size = int((math.isqrt(8 * packed.numel() + 1) - 1) // 2)
-            i, j = self.upper(size, packed.device)
-            full = torch.empty(size, size, dtype=torch.float32, device=packed.device)
-            full[i, j] = packed.float()
-            full[j, i] = full[i, j]
-            squares[n] = packed[i == j].cpu()
-            grams[n] = full.cpu()
+            packed = self.sums.pop(n).div_(self.counts[n]).cpu()  # handed over in place: never two copies
+            squares[n], grams[n] = gram.diagonal(packed, self.sizes[n]), packed
         self.counts = {}
         return grams, squares
 
@@ -223,7 +207,8 @@ class GramSums:
 @dataclass
 class Calibration:
     """What a library keeps of the dense trajectory: per stage, unit scores (width), block scores (depth) and,
-    with compensation, float32 consumer Grams; the traced structure; the first call, as the example."""
+    with compensation, packed float64 consumer Grams (``gram.py``); the traced structure; the first call, as
+    the example."""
 
     structure: PrunableStructure
     tp_groups: dict[str, Any]
@@ -330,9 +315,10 @@ class _Stream(StepAwareHook):
         if self.blocks is not None:
             result.depth.append(self.blocks.result(self.calls))
         if config.compensate and grams is not None:
-            # kept (and saved) in float32: a library read back from disk then compensates identically
             if self.spill is not None:
                 self.spill(self.stage, grams)  # to disk: a build holds one stage's Grams, not all
+                del grams
+                release_freed_memory()
             else:
                 result.grams.append(grams)
         self.calls, self.stage = 0, -1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from diffes.pruning.gram import unpack
+
 __all__ = ["compensate", "kept_columns"]
 
 
@@ -25,7 +27,8 @@ def compensate(
     kept_channels: torch.Tensor,
     damp: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """New (weight, bias) of a consumer that only sees ``kept_channels`` of its input."""
+    """New (weight, bias) of a consumer that only sees ``kept_channels`` of its input; ``gram`` is its packed
+    float64 Gram (``gram.py``), bias column last."""
     out_features = weight.shape[0]
     flat = weight.detach().reshape(out_features, -1).double().cpu()
     n = flat.shape[1]
@@ -33,15 +36,19 @@ def compensate(
     if bias is not None:
         full = torch.cat([flat, bias.detach().double().cpu()[:, None]], 1)
         idx = torch.cat([cols, torch.tensor([n])])
-        h = gram.double()
     else:
-        full, idx, h = flat, cols, gram.double()[:n, :n]
-    h_ss = h[idx][:, idx].clone()
+        full, idx = flat, cols
+    # one n x n matrix at a time: the Gram, then its kept rows (H symmetric: H[S, :] W^T = (W H[:, S])^T)
+    h_rows = unpack(gram.cpu(), n + 1)[idx, : full.shape[1]]
+    h_ss, rhs_t = h_rows[:, idx], h_rows @ full.T
+    del h_rows
     k = len(cols)
     lam = damp * h_ss.diagonal()[:k].mean().clamp_min(1e-12)
     h_ss.diagonal()[:k].add_(lam)
-    rhs = full @ h[:, idx]  # (out, |idx|)
-    solved = torch.linalg.solve(h_ss, rhs.T).T
+    factor, info = torch.linalg.cholesky_ex(h_ss)
+    # the damped Gram is positive definite; Cholesky halves LU's work and falls back to it only if rounding
+    # says otherwise
+    solved = (torch.cholesky_solve(rhs_t, factor) if int(info) == 0 else torch.linalg.solve(h_ss, rhs_t)).T
     new_weight = solved[:, :k].reshape(out_features, len(kept_channels), *weight.shape[2:])
     new_bias = solved[:, k] if bias is not None else None
     dtype, device = weight.dtype, weight.device

@@ -1,14 +1,16 @@
 """What a library will need before it is built: disk, a search worker's memory and the build's peak, from the
 denoiser's shapes and its traced structure (no weights needed: a meta-device model gives the same numbers).
 
-The formulas, with D the dense parameter bytes, G one stage's consumer Grams in float32 (a consumer reading n
-input columns, n = in_features x kernel area, has an (n + 1)^2 Gram with the bias column), S stages and
-R_l the replacement bytes of one plan at level l (each consumer refit to its kept input columns):
+The formulas, with D the dense parameter bytes, G one stage's consumer Grams (a consumer reading n input
+columns, n = in_features x kernel area, has an (n + 1)^2 Gram with the bias column, kept as a float64 blocked
+upper triangle: ``gram.py``), F the largest consumer's Gram as a full float64 matrix, S stages and R_l the
+replacement bytes of one plan at level l (each consumer refit to its kept input columns):
 
 - library on disk (compensated): S x sum over levels l >= 1 of R_l, plus the unit scores;
 - build, disk: the library plus S x G of Grams spilled until every stage is solved;
-- build, driver memory: D (the model) + G (one stage's Gram sums, float64 upper triangles) + twice the
-  largest consumer's Gram (its float64 product of one call) + the activations of one calibration call;
+- build, driver memory: D (the model) + the larger of G (one stage's Gram sums, while calibrating; plus the
+  activations of one call) and 3 F + R_1 (while solving: a Gram mapped from disk, unpacked, its kept rows,
+  and the plan being solved);
 - search worker, beyond the dense model: the gather buffers of the tensors a plan slices (gather routing:
   a non-nested library; nested ones route by views) + the routing tables kept, at least the active plan's
   R_1, at most ``plan_cache_mb`` (or every plan, where they all fit).
@@ -24,6 +26,7 @@ from torch import nn
 from diffes.pruning.calibration import Call, run_call
 from diffes.pruning.config import PruningConfig
 from diffes.pruning.cost import on_one_sample
+from diffes.pruning.gram import packed_numel
 from diffes.pruning.graph import PrunableStructure, trace_structure
 from diffes.pruning.plan import ModelShapes, kept_channels, make_plan
 
@@ -35,7 +38,7 @@ GB = 2**30
 @dataclass(frozen=True)
 class LibraryEstimate:
     dense_bytes: int
-    grams_stage_bytes: int  # one stage's consumer Grams, float32
+    grams_stage_bytes: int  # one stage's consumer Grams, packed float64
     plan_bytes: tuple[int, ...]  # per level, one plan's replacement tensors (0 at dense, and without compensation)
     library_disk_bytes: int
     build_disk_bytes: int  # the library plus the spilled Grams, at the build's end
@@ -66,8 +69,8 @@ def estimate_library(
     shapes = ModelShapes.of(model, structure)
     consumers = sorted(structure.consumers())
     columns = {c: _weight(model, c)[0].numel() for c in consumers}
-    grams = sum((n + 1) ** 2 for n in columns.values()) * 4 if config.compensate else 0
-    largest = max((n + 1) ** 2 for n in columns.values()) * 4 if config.compensate and columns else 0
+    grams = sum(packed_numel(n + 1) for n in columns.values()) * 8 if config.compensate else 0
+    largest = max((n + 1) ** 2 for n in columns.values()) * 8 if config.compensate and columns else 0
     plans = tuple(_plan_bytes(model, shapes, structure, config, level, size) for level in range(len(config.levels)))
     scores = sum(g.num_units for g in structure.groups) * 4 * config.stages
     disk = config.stages * sum(plans) + scores
@@ -80,7 +83,7 @@ def estimate_library(
         plan_bytes=plans,
         library_disk_bytes=disk,
         build_disk_bytes=disk + config.stages * grams,
-        driver_bytes=dense + grams + 2 * largest,
+        driver_bytes=dense + max(grams, 3 * largest + (plans[1] if len(plans) > 1 else 0)),
         worker_bytes=sliced + tables,
     )
 
@@ -135,7 +138,7 @@ def build_disk_bound(model: nn.Module, config: PruningConfig) -> int:
     if not config.compensate:
         return 0
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    grams = sum((m.weight[0].numel() + 1) ** 2 for m in layers) * 4
+    grams = sum(packed_numel(m.weight[0].numel() + 1) for m in layers) * 8
     size = next(model.parameters()).element_size()
     weights = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in layers) * size
     return config.stages * (grams + (len(config.levels) - 1) * weights)

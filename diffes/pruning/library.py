@@ -16,9 +16,11 @@ from typing_extensions import TypedDict
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
+from diffes.memory import release_freed_memory
 from diffes.pruning.compensation import compensate
 from diffes.pruning.config import PruningConfig
 from diffes.pruning.cost import measure_latency
+from diffes.pruning.gram import packed_numel
 from diffes.pruning.graph import PrunableStructure
 from diffes.pruning.plan import ModelShapes, PrunePlan, kept_channels, make_plan, prune_copy
 from diffes.pruning.store import PlanStore
@@ -29,7 +31,9 @@ __all__ = ["PruningConfig", "LevelCost", "PruningLibrary"]
 
 PLANS = "plans"  # the folder of a store-backed library's solved plans
 BUILDING = "building.json"  # library.json of a build whose plans are being solved
-SCHEMA = 3  # 3: compensated plans solved at build time in plans/, no Grams in a built library; 2: no guidance_scale
+# 4: Grams as float64 blocked upper triangles (gram.py); 3: compensated plans solved at build time in plans/, no
+# Grams in a built library (so a schema-3 library without grams.safetensors reads as 4); 2: no guidance_scale
+SCHEMA = 4
 
 
 @dataclass
@@ -127,6 +131,11 @@ class PruningLibrary:
             self._cache.popitem(last=False)
         return plan
 
+    def prefetch(self, stage: int, level: int) -> None:
+        """Start reading (stage, level)'s plan from disk, for a router that will switch to it next."""
+        if self.config.compensate and self.store is not None and level and (stage, level) not in self.pinned:
+            self.store.prefetch(stage, level)
+
     def shape_plan(self, level: int, stage: int = 0) -> PrunePlan:
         """A plan without compensation: enough to know a level's shapes and cost (stage 0's, by default)."""
         return make_plan(
@@ -152,6 +161,7 @@ class PruningLibrary:
             weight = dense(f"{consumer}.weight")
             assert weight is not None
             new_w, new_b = compensate(weight, dense(f"{consumer}.bias"), gram(consumer), kept, self.config.damp)
+            release_freed_memory()  # each solve frees a few n x n float64 matrices
             out[f"{consumer}.weight"] = new_w
             if new_b is not None:
                 out[f"{consumer}.bias"] = new_b
@@ -195,7 +205,7 @@ class PruningLibrary:
         if self.grams:  # what plans are solved from on demand; a store-backed library needs neither
             tensors.update({f"consumers/{k}": t for k, t in self.consumers.items()})
         write_tensors(folder / "scores.safetensors", tensors)
-        grams = {f"{s}/{c}": t.float() for s, d in enumerate(self.grams) for c, t in d.items()}
+        grams = {f"{s}/{c}": t for s, d in enumerate(self.grams) for c, t in d.items()}
         if grams:
             write_tensors(folder / "grams.safetensors", grams)
         # written last: the presence of library.json marks a complete library
@@ -209,14 +219,15 @@ class PruningLibrary:
         if not path.is_file():
             raise CheckpointError(f"library={str(folder)!r}: no library.json; build one with `diffes prune`")
         meta = read_json(path, dict[str, Any], LIBRARY_FIX)
-        if meta.get("schema") != SCHEMA:
+        grams_file = folder / "grams.safetensors"
+        if meta.get("schema") != SCHEMA and not (meta.get("schema") == 3 and not grams_file.exists()):
             raise CheckpointError(f"library={str(folder)!r}: schema {meta.get('schema')} is not {SCHEMA}; rebuild it")
         meta = validate(_LibraryJson, meta, path, LIBRARY_FIX)
         schedule = meta["schedule"]
         scores, depth, consumers = _read_scores(folder / "scores.safetensors", schedule.num_stages)
         grams: list[dict[str, torch.Tensor]] = []
-        if (folder / "grams.safetensors").is_file():
-            grams = _read_grams(folder / "grams.safetensors", schedule.num_stages)
+        if grams_file.is_file():
+            grams = _read_grams(grams_file, schedule.num_stages)
         structure, shapes = meta["structure"], meta["shapes"]
         library = cls(meta["config"], structure, schedule, shapes, scores, depth, grams, consumers, meta["costs"])
         if meta["plans"]:
@@ -358,5 +369,7 @@ def _check_library(library: PruningLibrary, folder: Path) -> None:
             raise CheckpointError(f"{store.path(*missing[0])}: plan missing; {LIBRARY_FIX}")
     if library.config.compensate and library.grams:
         for s, g in ((s, g) for s in stages for g in groups):
-            if g.consumer not in library.grams[s] or f"{g.consumer}.weight" not in library.consumers:
+            weight = library.consumers.get(f"{g.consumer}.weight")
+            packed = library.grams[s].get(g.consumer)
+            if weight is None or packed is None or packed.numel() != packed_numel(weight[0].numel() + 1):
                 raise CheckpointError(f"{folder}: {s}/{g.consumer}: Gram matrix or weight missing; {LIBRARY_FIX}")

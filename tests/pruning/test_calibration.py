@@ -11,7 +11,7 @@ import torch
 from diffusers.hooks import HookRegistry
 from tiny_denoisers import DENOISERS, Rig
 
-from diffes.pruning import PruningConfig, trace_structure
+from diffes.pruning import PruningConfig, gram, trace_structure
 from diffes.pruning.calibration import GramSums, calibrate, map_tensors, record_calls, run_call
 from diffes.pruning.importance import TaylorScores, magnitude_scores
 from diffes.stages import StageSchedule
@@ -30,7 +30,8 @@ def _config(**options: Any) -> PruningConfig:
 
 @torch.no_grad()
 def _grams_of(model: torch.nn.Module, consumers: list[str], calls: list[Any]) -> dict[str, torch.Tensor]:
-    """The mean [x, 1][x, 1]^T of each (Linear) consumer over ``calls``, summed call by call in float64."""
+    """The mean [x, 1][x, 1]^T of each (Linear) consumer over ``calls``, summed call by call in float64 into a
+    packed Gram (``gram.py``, tested on its own against x^T x)."""
     sums: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
 
@@ -38,7 +39,7 @@ def _grams_of(model: torch.nn.Module, consumers: list[str], calls: list[Any]) ->
         def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
             x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+            gram.add_rows_(sums.setdefault(name, gram.zeros(x.shape[1])), x)
             rows[name] = rows.get(name, 0) + x.shape[0]
 
         return hook
@@ -61,9 +62,7 @@ def test_streamed_grams_equal_the_grams_of_every_recorded_input() -> None:
         assert len(recorded.calls[stage]) == 4
         reference = _grams_of(rig.denoiser, consumers, recorded.calls[stage])
         for n in consumers:
-            # summed as the upper triangle: the reference's upper triangle, mirrored
-            upper = reference[n].triu()
-            assert torch.equal(calib.grams[stage][n], (upper + upper.T - upper.diag().diag()).float()), n
+            assert torch.equal(calib.grams[stage][n], reference[n]), n
 
 
 def _live_latents() -> int:
@@ -138,7 +137,7 @@ def test_half_precision_grams_sum_in_float64() -> None:
     means, squares = grams.result()
     rows = torch.cat([x.double(), torch.ones(64, 1, dtype=torch.float64)], 1)
     exact = rows.T @ rows / 64
-    assert means["0"].dtype == torch.float32 and torch.equal(means["0"], exact.float())
+    assert means["0"].dtype == torch.float64 and torch.equal(gram.unpack(means["0"], 4), exact)
     assert squares["0"].dtype == torch.float64 and torch.equal(squares["0"], exact.diagonal())
     assert squares["0"][0].item() == 40000.0
 

@@ -97,7 +97,7 @@ def test_half_precision_plan_routes_exactly(family: str, dtype: torch.dtype) -> 
     model, calls = rig.denoiser, rig.calls(2, seed=7)
     dense = copy.deepcopy(model)
     library = _library(rig, importance="taylor", nested=True)
-    assert all(g.dtype == torch.float32 for stage in library.grams for g in stage.values())
+    assert all(g.dtype == torch.float64 for stage in library.grams for g in stage.values())
     assert all(s.dtype == torch.float64 and bool(torch.isfinite(s).all()) for d in library.scores for s in d.values())
     plan = library.plan(1, 1)
     assert plan.replacements and all(t.dtype == dtype for t in plan.replacements.values())
