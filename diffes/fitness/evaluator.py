@@ -197,6 +197,8 @@ class Evaluator:
         level, _ = plan[stage]
         if self.router.current != (stage, level):
             self.stats.switches += 1
+            if stage + 1 < len(plan):
+                self.router.prefetch(stage + 1, plan[stage + 1][0])  # read while this stage's steps run
         self.router.set_level(stage, level)
         state = state.copy()  # a cached boundary state is shared by every genome with that prefix
         latents, guidance = state.latents, self.teacher.guidance

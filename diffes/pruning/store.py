@@ -13,6 +13,7 @@ stage's plans can be solved on its own, in any process (``solve_stage``), once e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,20 @@ class PlanStore:
 
     def replacements(self, stage: int, level: int) -> dict[str, torch.Tensor]:
         return TensorFile(self.path(stage, level)).get()
+
+    def prefetch(self, stage: int, level: int) -> None:
+        """Have the OS read the plan's file into its page cache in the background (readahead: no memory of
+        this process, no thread of its own), so that mapping it later reads no disk."""
+        advise = getattr(os, "posix_fadvise", None)  # Linux and most Unixes; elsewhere plans load on demand
+        try:
+            fd = os.open(self.path(stage, level), os.O_RDONLY)
+        except OSError:
+            return  # a missing plan is reported when it is routed to
+        try:
+            if advise is not None:
+                advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,10 @@ class RoutingHook(StepAwareHook):
         self.router, self.schedule = router, schedule
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict]:
-        stage = self.schedule.stage_at(self.step_info().timestep)
-        self.router.set_level(stage, self.schedule.levels[stage])
+        stage, levels = self.schedule.stage_at(self.step_info().timestep), self.schedule.levels
+        if self.router.current != (stage, levels[stage]) and stage + 1 < len(levels):
+            self.router.prefetch(stage + 1, levels[stage + 1])  # read while this stage's steps run
+        self.router.set_level(stage, levels[stage])
         return args, kwargs
 
 

@@ -255,6 +255,11 @@ class Router:
         else:
             self.set(self.library.plan(stage, level))
 
+    def prefetch(self, stage: int, level: int) -> None:
+        """Announce the next switch: a plan with no table here starts loading from disk while this one runs."""
+        if (stage, level) != self.current and (stage, level) not in self.tables:
+            self.library.prefetch(stage, level)
+
     def _evict(self) -> None:
         if self.cache_mb is None:
             return

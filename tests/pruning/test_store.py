@@ -17,6 +17,7 @@ from tiny import zoo_pipeline
 
 from diffes.pruning import LocalSolver, PruningConfig, PruningLibrary, RaySolver, build_library
 from diffes.pruning.build import solve_stage
+from diffes.routing import RoutingSchedule, apply
 from diffes.routing.router import Router
 
 CONFIG = PruningConfig(stages=2, steps=4, calibration_samples=2, levels=(0.0, 0.25, 0.5), nested=True)
@@ -139,7 +140,7 @@ def test_the_estimate_matches_what_the_build_and_a_router_hold(
     model = pipe.transformer  # type: ignore[attr-defined]
     gather = dataclasses.replace(CONFIG, nested=False)  # gather routing: a non-nested library
     est, est_gather = (estimate_library(model, memory.structure, c) for c in (CONFIG, gather))
-    assert est.grams_stage_bytes == sum(g.numel() * 4 for g in memory.grams[0].values())
+    assert est.grams_stage_bytes == sum(g.numel() * 8 for g in memory.grams[0].values())
     stored = [disk.plan(s, lv).replacements for s in range(2) for lv in range(3)]
     scores = sum(t.numel() * 4 for stage in disk.scores for t in stage.values())
     assert est.library_disk_bytes == sum(t.numel() * 4 for r in stored for t in r.values()) + scores
@@ -149,3 +150,33 @@ def test_the_estimate_matches_what_the_build_and_a_router_hold(
     buffers = sum(b.numel() * 4 for b in router.buffers.values())
     assert est_gather.worker_bytes == buffers + 2 * sum(est.plan_bytes)  # every plan fits the default cache
     router.remove()
+
+
+def test_routing_reads_the_next_stages_plan_ahead(
+    pipe: Any, built: tuple[PruningLibrary, PruningLibrary], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While stage 0 runs, the hook asks the OS to read stage 1's plan file (readahead; no memory of its own);
+    a plan already prepared, dense, or absent is not asked for, and sampling is unchanged."""
+    _, disk = built
+    assert disk.store is not None
+    advised: list[str] = []
+    fadvise = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_WILLNEED
+        advised.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    pipe.scheduler.set_timesteps(4)
+    schedule = RoutingSchedule.from_stages(disk.schedule, pipe.scheduler.timesteps, [2, 1])
+    images = []
+    for prepare in (False, True):
+        handle = apply(pipe, disk, schedule, prepare=prepare)
+        gen = torch.Generator().manual_seed(0)
+        images.append(pipe([3], num_inference_steps=4, generator=gen, output_type="pt").images)
+        handle.remove()
+    assert advised == [str(disk.store.path(1, 1))]  # once, before stage 0; nothing when every table is prepared
+    assert torch.equal(images[0], images[1])
+    disk.store.prefetch(5, 5)  # a missing file: reported when routed to, not here
+    assert advised == [str(disk.store.path(1, 1))]
