@@ -369,7 +369,12 @@ def _check_library(library: PruningLibrary, folder: Path) -> None:
             raise CheckpointError(f"{store.path(*missing[0])}: plan missing; {LIBRARY_FIX}")
     if library.config.compensate and library.grams:
         for s, g in ((s, g) for s in stages for g in groups):
-            weight = library.consumers.get(f"{g.consumer}.weight")
-            packed = library.grams[s].get(g.consumer)
-            if weight is None or packed is None or packed.numel() != packed_numel(weight[0].numel() + 1):
+            if not _gram_fits(library.consumers.get(f"{g.consumer}.weight"), library.grams[s].get(g.consumer)):
                 raise CheckpointError(f"{folder}: {s}/{g.consumer}: Gram matrix or weight missing; {LIBRARY_FIX}")
+
+
+def _gram_fits(weight: torch.Tensor | None, packed: torch.Tensor | None) -> bool:
+    """A consumer weight (out, in, ...) and a packed Gram of its in x kernel columns plus the bias column."""
+    if weight is None or packed is None or weight.dim() < 2 or len(weight) == 0:
+        return False
+    return packed.numel() == packed_numel(weight[0].numel() + 1)
