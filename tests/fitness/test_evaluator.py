@@ -21,7 +21,9 @@ def setup() -> tuple:
     pipe = zoo_pipeline("dit-digits", trained=True)
     library = build_library(pipe, PruningConfig(stages=STAGES, steps=STEPS, calibration_samples=10), progress=False)
     adapter, guidance = adapter_for(pipe), Guidance("cfg", 2.0)
-    teacher = Teacher.compute(adapter, make_probes(adapter, list(range(10)), 1, 7, guidance), STEPS, guidance)
+    # five of the ten classes: a batch of 5 probes (10 rows with CFG) halves every denoiser call's time, and no
+    # assertion here depends on the batch size (exact equalities, call counts, ratios, a size relative to a probe)
+    teacher = Teacher.compute(adapter, make_probes(adapter, [0, 2, 4, 6, 8], 1, 7, guidance), STEPS, guidance)
     router = Router(adapter.denoiser, library)
     return adapter, library, teacher, router
 

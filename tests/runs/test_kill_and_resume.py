@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import TINY, diffes, outcome, start, wait_for
@@ -15,10 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run: the outcome the interrupted ones must reach, and a finished run to inspect."""
     runs = tmp_path_factory.mktemp("runs")
     diffes("search", "--runs-dir", str(runs), "--name", "ref", *TINY)
-    return outcome(runs / "ref")
+    return runs / "ref"
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: Path) -> dict[str, Any]:
+    return outcome(reference_run)
 
 
 def kill_then_resume(runs: Path, name: str, marker: str) -> Path:
@@ -56,20 +63,22 @@ def test_terminated_mid_search(tmp_path: Path, reference: dict) -> None:
     assert not list((tmp_path / "term").rglob("*.tmp")), "a temporary file was left behind"
 
 
-def test_status_and_export_of_a_finished_run(tmp_path: Path) -> None:
-    diffes("search", "--runs-dir", str(tmp_path), "--name", "done", *TINY, "--generations", "1")
-    status = diffes("status", str(tmp_path / "done")).stdout
-    assert "generation 1/1 (finished)" in status and "best so far" in status
-    out = diffes("export", str(tmp_path / "done"), "--out", str(tmp_path / "exp")).stdout
+def test_status_and_export_of_a_finished_run(tmp_path: Path, reference_run: Path) -> None:
+    # the reference run: finished, never interrupted, only read here (a run of its own cost ~15 s more)
+    done = reference_run
+    generations = TINY[TINY.index("--generations") + 1]
+    status = diffes("status", str(done)).stdout
+    assert f"generation {generations}/{generations} (finished)" in status and "best so far" in status
+    out = diffes("export", str(done), "--out", str(tmp_path / "exp")).stdout
     assert "wrote" in out
     routing = json.loads((tmp_path / "exp" / "routing.json").read_text())
-    best = json.loads((tmp_path / "done" / "best.json").read_text())
+    best = json.loads((done / "best.json").read_text())
     assert routing["levels"] == best["genome"]
     grid = tmp_path / "grid.png"
     diffes("generate", "--routed", str(tmp_path / "exp"), "--steps", "6", "--per-class", "1", "-o", str(grid))
     assert grid.stat().st_size > 500
     umask = os.umask(0)
     os.umask(umask)
-    for path in [*(tmp_path / "done").rglob("*"), *(tmp_path / "exp").rglob("*")]:
+    for path in [*done.rglob("*"), *(tmp_path / "exp").rglob("*")]:
         # readable by Ray workers running as another user: what open() and mkdir() give, not 0600/0700
         assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
