@@ -256,7 +256,7 @@ class Router:
             self.set(self.library.plan(stage, level))
 
     def prefetch(self, stage: int, level: int) -> None:
-        """Announce the next switch: a plan with no table here starts loading from disk while this one runs."""
+        """Announce the next switch: a plan with no table here starts reading from disk while this one runs."""
         if (stage, level) != self.current and (stage, level) not in self.tables:
             self.library.prefetch(stage, level)
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 from tiny import zoo_pipeline
 
-from diffes.pruning import LocalSolver, PruningConfig, PruningLibrary, RaySolver, build_library
+from diffes.pruning import LocalSolver, PruningConfig, PruningLibrary, RaySolver, build_library, store
 from diffes.pruning.build import solve_stage
 from diffes.routing import RoutingSchedule, apply
 from diffes.routing.router import Router
@@ -155,19 +156,18 @@ def test_the_estimate_matches_what_the_build_and_a_router_hold(
 def test_routing_reads_the_next_stages_plan_ahead(
     pipe: Any, built: tuple[PruningLibrary, PruningLibrary], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While stage 0 runs, the hook asks the OS to read stage 1's plan file (readahead; no memory of its own);
-    a plan already prepared, dense, or absent is not asked for, and sampling is unchanged."""
+    """While stage 0 runs, the hook has stage 1's plan file read into the page cache (on a thread of its own);
+    a plan already prepared, dense, or absent is not read, and sampling is unchanged."""
     _, disk = built
     assert disk.store is not None
-    advised: list[str] = []
-    fadvise = os.posix_fadvise
+    read: list[tuple[Path, int]] = []
+    read_through = store.read_through
 
-    def spy(fd: int, offset: int, length: int, advice: int) -> None:
-        assert advice == os.POSIX_FADV_WILLNEED
-        advised.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fadvise(fd, offset, length, advice)
+    def spy(path: Path) -> int:
+        read.append((path, read_through(path)))
+        return read[-1][1]
 
-    monkeypatch.setattr(os, "posix_fadvise", spy)
+    monkeypatch.setattr(store, "read_through", spy)
     pipe.scheduler.set_timesteps(4)
     schedule = RoutingSchedule.from_stages(disk.schedule, pipe.scheduler.timesteps, [2, 1])
     images = []
@@ -176,7 +176,11 @@ def test_routing_reads_the_next_stages_plan_ahead(
         gen = torch.Generator().manual_seed(0)
         images.append(pipe([3], num_inference_steps=4, generator=gen, output_type="pt").images)
         handle.remove()
-    assert advised == [str(disk.store.path(1, 1))]  # once, before stage 0; nothing when every table is prepared
+    for thread in threading.enumerate():
+        if thread.name == "diffes-plan-prefetch":
+            thread.join()
+    path = disk.store.path(1, 1)
+    # once, before stage 0, all of the file; nothing when every table is prepared
+    assert read == [(path, path.stat().st_size)]
     assert torch.equal(images[0], images[1])
-    disk.store.prefetch(5, 5)  # a missing file: reported when routed to, not here
-    assert advised == [str(disk.store.path(1, 1))]
+    assert disk.store.prefetch(5, 5) is None  # a missing file: reported when routed to, not here
