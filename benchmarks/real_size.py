@@ -175,13 +175,15 @@ def tables(result: dict[str, Any]) -> str:
 
 def _build_table(result: dict[str, Any]) -> str:
     """Measured per depth (the estimate in brackets), and the linear fit read at full depth. A worker is measured
-    keeping only its active plan (what grows with depth) and with the default 256 MB plan cache."""
+    keeping only its active plan (what grows with depth) and with the default 256 MB plan cache; switching to a
+    plan whose file is out of the page cache, directly and announced one call ahead (``Router.prefetch``)."""
     gb = 2**30
     lines = [
         "| model | depth | params GB | build peak RSS GB: calibrating / solving | calibrate s | solve s "
         "| library disk GB (est.) "
-        "| worker, active plan only: GB (est.) | worker, 256 MB plan cache: GB | switch ms cold / warm | call ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| worker, active plan only: GB (est.) | worker, 256 MB plan cache: GB | switch ms cold / warm "
+        "| switch ms from disk: direct / prefetched | call ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for model in sorted({r["model"] for r in result["build"]}):
         builds = [r for r in result["build"] if r["model"] == model]
@@ -196,7 +198,7 @@ def _build_table(result: dict[str, Any]) -> str:
                 f"{b['disk_gb']:.2f} ({e['library_disk_bytes'] / gb:.2f}) | "
                 f"{w0['library_rss_gb']:.3f} ({b['estimate_worker_active_bytes'] / gb:.3f}) | "
                 f"{w['library_rss_gb']:.3f} | {w0['switch_cold_ms']:.0f} / {w['switch_warm_ms'] or 0:.0f} | "
-                f"{w['forward_ms']:.0f} |"
+                f"{_disk_switch(w0)} | {w['forward_ms']:.0f} |"
             )
         if len(builds) > 1:
             d, full = [b["depth"] for b in builds], FULL_DEPTH[model]
@@ -209,9 +211,15 @@ def _build_table(result: dict[str, Any]) -> str:
                 f"| {model} | **{full}** (linear fit) | {p:.2f} | {f['calibrate_peak_rss_gb']:.2f} / "
                 f"{f['solve_peak_rss_gb']:.2f} (**{max(f['calibrate_peak_rss_gb'], f['solve_peak_rss_gb']) / p:.2f}x** "
                 f"params) | {f['calibrate_s']:.0f} | {f['solve_s']:.0f} | "
-                f"{f['disk_gb']:.1f} | {lib:.2f} (**{lib / p:.2f}x** params) | | | |"
+                f"{f['disk_gb']:.1f} | {lib:.2f} (**{lib / p:.2f}x** params) | | | | |"
             )
     return "\n".join(lines)
+
+
+def _disk_switch(worker: dict[str, Any]) -> str:
+    if worker.get("switch_disk_ms") is None:
+        return "-"
+    return f"{worker['switch_disk_ms']:.0f} / {worker['switch_prefetched_ms']:.0f}"
 
 
 def _speed_table(result: dict[str, Any]) -> str:
