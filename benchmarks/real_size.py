@@ -190,22 +190,21 @@ def _build_table(result: dict[str, Any]) -> str:
         active = {w["depth"]: w for w in result["worker"] if w["model"] == model and w["plan_cache_mb"] == 0}
         cached = {w["depth"]: w for w in result["worker"] if w["model"] == model and w["plan_cache_mb"] > 0}
         for b in builds:
-            e, w0, w = b["estimate"], active[b["depth"]], cached[b["depth"]]
+            e = b["estimate"]
             lines.append(
                 f"| {model} | {b['depth']} | {b['params_gb']:.2f} | "
                 f"{b['calibrate_peak_rss_gb']:.2f} / {b['solve_peak_rss_gb']:.2f} | "
                 f"{b['calibrate_s']:.0f} | {b['solve_s']:.0f} | "
                 f"{b['disk_gb']:.2f} ({e['library_disk_bytes'] / gb:.2f}) | "
-                f"{w0['library_rss_gb']:.3f} ({b['estimate_worker_active_bytes'] / gb:.3f}) | "
-                f"{w['library_rss_gb']:.3f} | {w0['switch_cold_ms']:.0f} / {w['switch_warm_ms'] or 0:.0f} | "
-                f"{_disk_switch(w0)} | {w['forward_ms']:.0f} |"
+                + _worker_cells(b, active.get(b["depth"]), cached.get(b["depth"]))
             )
         if len(builds) > 1:
             d, full = [b["depth"] for b in builds], FULL_DEPTH[model]
             keys = ("params_gb", "calibrate_peak_rss_gb", "solve_peak_rss_gb", "disk_gb")
             f = {k: fit(d, [b[k] for b in builds], full) for k in keys}
             f.update({k: fit(d, [b[k] for b in builds], full) for k in ("calibrate_s", "solve_s")})
-            lib = fit(d, [active[x]["library_rss_gb"] for x in d], full)
+            measured = [x for x in d if x in active]  # a build may have run without its workers
+            lib = fit(measured, [active[x]["library_rss_gb"] for x in measured], full)
             p = f["params_gb"]
             lines.append(
                 f"| {model} | **{full}** (linear fit) | {p:.2f} | {f['calibrate_peak_rss_gb']:.2f} / "
@@ -214,6 +213,16 @@ def _build_table(result: dict[str, Any]) -> str:
                 f"{f['disk_gb']:.1f} | {lib:.2f} (**{lib / p:.2f}x** params) | | | | |"
             )
     return "\n".join(lines)
+
+
+def _worker_cells(build: dict[str, Any], w0: dict[str, Any] | None, w: dict[str, Any] | None) -> str:
+    if w0 is None or w is None:
+        return "not run | | | | |"
+    return (
+        f"{w0['library_rss_gb']:.3f} ({build['estimate_worker_active_bytes'] / 2**30:.3f}) | "
+        f"{w['library_rss_gb']:.3f} | {w0['switch_cold_ms']:.0f} / {w['switch_warm_ms'] or 0:.0f} | "
+        f"{_disk_switch(w0)} | {w['forward_ms']:.0f} |"
+    )
 
 
 def _disk_switch(worker: dict[str, Any]) -> str:
