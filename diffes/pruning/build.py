@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from diffes.errors import ConfigError
 from diffes.io import atomic_dir, write_tensors
+from diffes.memory import release_freed_memory
 from diffes.models.steps import find_denoiser
 from diffes.pruning.calibration import Call, calibrate, run_call
 from diffes.pruning.config import PruningConfig
@@ -128,7 +129,13 @@ def solve_stage(folder: str, stage: int, threads: int | None = None) -> int:
     grams = GramSpill(root / SPILL).file(stage)
     dense = TensorFile(root / SPILL / CONSUMERS)
     present = set(dense.keys())
-    gram = lambda name: grams.get([name])[name]  # noqa: E731
+
+    def gram(name: str) -> torch.Tensor:
+        # the previous consumer's solve freed a few n x n float64 matrices that glibc would keep (0.4 GB over
+        # four stages at 4 DiT-XL/2 blocks); only here, in a build: a trim in a large process takes milliseconds
+        release_freed_memory()
+        return grams.get([name])[name]
+
     weight = lambda key: dense.get([key])[key] if key in present else None  # noqa: E731
     before, written = torch.get_num_threads(), 0
     if threads:

@@ -16,7 +16,6 @@ from typing_extensions import TypedDict
 
 from diffes.errors import CheckpointError, ConfigError
 from diffes.io import read_json, read_tensors, write_json, write_tensors
-from diffes.memory import release_freed_memory
 from diffes.pruning.compensation import compensate
 from diffes.pruning.config import PruningConfig
 from diffes.pruning.cost import measure_latency
@@ -161,7 +160,6 @@ class PruningLibrary:
             weight = dense(f"{consumer}.weight")
             assert weight is not None
             new_w, new_b = compensate(weight, dense(f"{consumer}.bias"), gram(consumer), kept, self.config.damp)
-            release_freed_memory()  # each solve frees a few n x n float64 matrices
             out[f"{consumer}.weight"] = new_w
             if new_b is not None:
                 out[f"{consumer}.bias"] = new_b
